@@ -1,0 +1,57 @@
+"""Domain errors with stable codes; the HTTP layers map them to status codes."""
+
+from __future__ import annotations
+
+
+class ProvisionerError(Exception):
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(ProvisionerError):
+    status = 404
+    code = "not_found"
+
+
+class UnknownImage(ProvisionerError):
+    code = "unknown_image"
+
+
+class UnknownFlavour(ProvisionerError):
+    code = "unknown_flavour"
+
+
+class UnknownSecurityGroup(ProvisionerError):
+    code = "unknown_security_group"
+
+
+class InvalidSSHKeyError(ProvisionerError):
+    code = "invalid_ssh_key"
+
+
+class InvalidName(ProvisionerError):
+    code = "invalid_name"
+
+
+class NoCapacityError(ProvisionerError):
+    status = 409
+    code = "no_capacity"
+
+
+class QuotaExceeded(ProvisionerError):
+    status = 409
+    code = "quota_exceeded"
+
+
+class Conflict(ProvisionerError):
+    status = 409
+    code = "conflict"
+
+
+class BackendUnavailable(ProvisionerError):
+    status = 503
+    code = "backend_unavailable"

@@ -1,0 +1,222 @@
+"""One ansible-runner run of one playbook over a batch of hosts (one host per VM).
+
+This is the only module that imports ansible_runner. Secrets reach Ansible through the process
+environment only (`suppress_env_files`), the per-VM variables through the inventory, which is deleted
+when the run ends; events are kept in memory, scrubbed and handed to a sink instead of being written
+to the artifacts directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ansible_runner
+
+from engine.jobs.redact import Redactor
+
+log = logging.getLogger(__name__)
+
+ADDRESS_TASK = "Record the guest address"
+ADDRESS_FACT = "proxmox_vm_power_address"
+STDOUT_LIMIT = 4000
+FAILED_EVENTS = ("runner_on_failed", "runner_on_unreachable", "runner_item_on_failed")
+
+
+@dataclass
+class EventRecord:
+    host: str | None
+    counter: int
+    event: str
+    task: str | None
+    changed: bool
+    stdout: str
+    data: dict[str, Any]
+
+
+@dataclass
+class HostOutcome:
+    ok: bool = True
+    seen: bool = False
+    error: str | None = None
+    failed_task: str | None = None
+    changed: bool = False
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunOutcome:
+    status: str  # successful | failed | canceled | timeout | error
+    rc: int | None
+    hosts: dict[str, HostOutcome]
+    explanation: str | None = None
+
+
+EventSink = Callable[[list[EventRecord]], None]
+
+
+@dataclass
+class PlaybookRun:
+    ansible_dir: Path
+    runs_dir: Path
+    run_id: str
+    playbook: str
+    hostvars: dict[str, dict[str, Any]]
+    env: dict[str, str]
+    redactor: Redactor
+    timeout_s: int
+    sink: EventSink
+    group: str = "batch"
+    flush_every_s: float = 0.5
+    _hosts: dict[str, HostOutcome] = field(default_factory=dict, init=False)
+    _buffer: list[EventRecord] = field(default_factory=list, init=False)
+    _buffer_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _last_flush: float = field(default=0.0, init=False)
+
+    @property
+    def private_data_dir(self) -> Path:
+        return self.runs_dir / self.run_id
+
+    def execute(self, cancel: threading.Event) -> RunOutcome:
+        self._hosts = {host: HostOutcome() for host in self.hostvars}
+        pdd = self.private_data_dir
+        pdd.mkdir(parents=True, mode=0o700, exist_ok=False)
+        try:
+            runner = ansible_runner.run(
+                private_data_dir=str(pdd),
+                project_dir=str(self.ansible_dir),
+                playbook=str(self.ansible_dir / "playbooks" / self.playbook),
+                inventory=self._inventory(),
+                extravars={"target": self.group},
+                envvars=self._environment(),
+                forks=max(1, len(self.hostvars)),
+                settings={"suppress_ansible_output": True, "job_timeout": self.timeout_s, "pexpect_timeout": 0.2},
+                suppress_env_files=True,
+                quiet=True,
+                ident="run",
+                event_handler=self._on_event,
+                cancel_callback=cancel.is_set,
+            )
+        except Exception as exc:  # ansible-runner could not start the run at all
+            log.exception("run %s could not start", self.run_id)
+            return RunOutcome("error", None, self._hosts, f"the playbook run could not start: {type(exc).__name__}")
+        finally:
+            self._flush(force=True)
+            self._cleanup()
+        return self._outcome(runner.status, runner.rc)
+
+    # --- inputs
+
+    def _inventory(self) -> dict[str, Any]:
+        python = sys.executable
+        hosts = {
+            host: dict(vars_, ansible_connection="local", ansible_python_interpreter=python)
+            for host, vars_ in self.hostvars.items()
+        }
+        return {"all": {"children": {self.group: {"hosts": hosts}}}}
+
+    def _environment(self) -> dict[str, str]:
+        env = {
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+            "ANSIBLE_CONFIG": str(self.ansible_dir / "ansible.cfg"),
+            "ANSIBLE_PIPELINING": "True",
+            "ANSIBLE_HOST_KEY_CHECKING": "False",
+            "ANSIBLE_RETRY_FILES_ENABLED": "False",
+            "ANSIBLE_LOCALHOST_WARNING": "False",
+            "ANSIBLE_DEPRECATION_WARNINGS": "False",
+        }
+        env.update(self.env)
+        return env
+
+    # --- events
+
+    def _on_event(self, event: dict[str, Any]) -> bool:
+        data = event.get("event_data") or {}
+        host = data.get("host")
+        name = str(event.get("event") or "")
+        outcome = self._hosts.get(host) if host else None
+        res = data.get("res") if isinstance(data.get("res"), dict) else {}
+        if outcome is not None:
+            outcome.seen = True
+            if res.get("changed"):
+                outcome.changed = True
+            if name == "runner_on_ok" and data.get("task") == ADDRESS_TASK:
+                address = (res.get("ansible_facts") or {}).get(ADDRESS_FACT)
+                if address:
+                    outcome.facts[ADDRESS_FACT] = str(address)
+            if name in FAILED_EVENTS and not data.get("ignore_errors"):
+                outcome.ok = False
+                outcome.failed_task = data.get("task")
+                outcome.error = self.redactor.text(_failure_message(res))
+        record = EventRecord(
+            host=host,
+            counter=int(event.get("counter") or 0),
+            event=name,
+            task=data.get("task"),
+            changed=bool(res.get("changed")),
+            stdout=self.redactor.text(str(event.get("stdout") or ""))[:STDOUT_LIMIT],
+            data=self.redactor.data(_event_summary(data, res)),
+        )
+        with self._buffer_lock:
+            self._buffer.append(record)
+        self._flush()
+        return False  # never write the event (with its module results) into the artifacts directory
+
+    def _flush(self, force: bool = False) -> None:
+        now = time.monotonic()
+        with self._buffer_lock:
+            if not self._buffer or (not force and now - self._last_flush < self.flush_every_s):
+                return
+            batch, self._buffer = self._buffer, []
+            self._last_flush = now
+        try:
+            self.sink(batch)
+        except Exception:
+            log.exception("run %s: storing %d events failed", self.run_id, len(batch))
+
+    # --- results
+
+    def _outcome(self, status: str, rc: int | None) -> RunOutcome:
+        explanation = None
+        if status == "timeout":
+            explanation = f"the playbook run exceeded {self.timeout_s} s and was stopped"
+        elif status == "canceled":
+            explanation = "the playbook run was canceled"
+        for outcome in self._hosts.values():
+            if status in ("timeout", "canceled") and outcome.ok:
+                outcome.ok = False
+                outcome.error = explanation
+            elif status == "failed" and not outcome.seen and outcome.ok:
+                outcome.ok = False
+                outcome.error = "the playbook failed before reaching this VM (see the job events)"
+        return RunOutcome(status, rc, self._hosts, explanation)
+
+    def _cleanup(self) -> None:
+        """Keep only the artifacts (stdout, status, rc); the inventory holds per-VM seed URLs."""
+        for name in ("inventory", "env", "project"):
+            shutil.rmtree(self.private_data_dir / name, ignore_errors=True)
+
+
+def _failure_message(res: dict[str, Any]) -> str:
+    message = res.get("msg") or res.get("reason") or res.get("stderr") or "task failed"
+    if not isinstance(message, str):
+        message = json.dumps(message, default=str)
+    return message[:2000]
+
+
+def _event_summary(data: dict[str, Any], res: dict[str, Any]) -> dict[str, Any]:
+    summary: dict[str, Any] = {k: data[k] for k in ("host", "play", "task", "task_action", "role") if data.get(k)}
+    if res:
+        summary["res"] = {k: res[k] for k in ("msg", "changed", "failed", "skipped", "vmid") if k in res}
+    if data.get("ok") is not None and isinstance(data.get("ok"), dict):  # playbook_on_stats
+        summary["stats"] = {k: data.get(k) for k in ("ok", "changed", "failures", "dark", "skipped")}
+    return summary

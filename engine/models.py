@@ -1,0 +1,132 @@
+"""Persistent state: instances, jobs, job events, flavours (SQLAlchemy 2 ORM)."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dict[str, Any]: JSON,
+        list[str]: JSON,
+        datetime: DateTime(timezone=True),
+    }
+
+
+class Lifecycle(enum.StrEnum):
+    """Where an instance is in *our* lifecycle; the power state comes from Proxmox."""
+
+    BUILDING = "building"  # create job accepted, not finished
+    PROVISIONED = "provisioned"  # create job succeeded; Proxmox is the truth from now on
+    ERROR = "error"  # create failed (fault recorded)
+    DELETING = "deleting"  # delete accepted; VISA already considers it gone
+    DELETED = "deleted"  # gone from Proxmox; seed released
+
+
+class JobState(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCESSFUL = "successful"
+    FAILED = "failed"  # ran, with failures
+    CANCELED = "canceled"
+    ERROR = "error"  # could not run at all
+
+    @property
+    def finished(self) -> bool:
+        return self not in (JobState.PENDING, JobState.RUNNING)
+
+
+class JobKind(enum.StrEnum):
+    CREATE = "create"
+    DELETE = "delete"
+    START = "start"
+    SHUTDOWN = "shutdown"
+    STOP = "stop"
+    REBOOT = "reboot"
+    FIREWALL = "firewall"
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)  # the Proxmox VMID
+    name: Mapped[str] = mapped_column(String(255))  # as the client sent it (VISA compares it)
+    vm_name: Mapped[str] = mapped_column(String(63))  # the DNS-safe Proxmox name
+    image_id: Mapped[str] = mapped_column(String(32))
+    flavour_id: Mapped[str] = mapped_column(String(64))
+    node: Mapped[str] = mapped_column(String(64))
+    cores: Mapped[int] = mapped_column(Integer)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    disk_gb: Mapped[int] = mapped_column(Integer)
+    lifecycle: Mapped[str] = mapped_column(String(16), default=Lifecycle.BUILDING, index=True)
+    address: Mapped[str | None] = mapped_column(String(64), default=None)
+    boot_command: Mapped[str | None] = mapped_column(Text, default=None)
+    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    security_groups: Mapped[list[str]] = mapped_column(default=list)
+    ssh_keys: Mapped[list[str]] = mapped_column(default=list)
+    seed_token: Mapped[str] = mapped_column(String(64), unique=True)
+    fault_message: Mapped[str | None] = mapped_column(Text, default=None)
+    fault_details: Mapped[str | None] = mapped_column(Text, default=None)
+    fault_at: Mapped[datetime | None] = mapped_column(default=None)
+    seed_fetched_at: Mapped[datetime | None] = mapped_column(default=None)
+    phoned_home_at: Mapped[datetime | None] = mapped_column(default=None)
+    host_key: Mapped[str | None] = mapped_column(Text, default=None)
+    adopted: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_state_created", "state", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"), index=True)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)  # never holds secrets
+    state: Mapped[str] = mapped_column(String(16), default=JobState.PENDING)
+    run_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=1)
+    not_before: Mapped[datetime | None] = mapped_column(default=None)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    result: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    counter: Mapped[int] = mapped_column(Integer)
+    event: Mapped[str] = mapped_column(String(64))
+    task: Mapped[str | None] = mapped_column(String(255), default=None)
+    changed: Mapped[bool] = mapped_column(Boolean, default=False)
+    stdout: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Flavour(Base):
+    __tablename__ = "flavours"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    cpus: Mapped[int] = mapped_column(Integer)
+    ram_mb: Mapped[int] = mapped_column(Integer)
+    disk_gb: Mapped[int] = mapped_column(Integer)
+    full_clone: Mapped[bool | None] = mapped_column(Boolean, default=None)

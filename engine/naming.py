@@ -1,0 +1,20 @@
+"""Proxmox-safe names derived from client-chosen names."""
+
+from __future__ import annotations
+
+import re
+
+_INVALID = re.compile(r"[^A-Za-z0-9-]+")
+
+
+def vm_name(name: str, vmid: int) -> str:
+    """A PVE `dns-name` for the VM: invalid characters become '-', at most 63 characters.
+
+    VISA's default prefix is valid already (`VISA-INSTANCE-42`), the reference's (`VISA_INSTANCE`) is not.
+    """
+    label = _INVALID.sub("-", name).strip("-")[:63].strip("-")
+    return label or f"vm-{vmid}"
+
+
+def hostname(name: str, vmid: int) -> str:
+    return vm_name(name, vmid).lower()

@@ -1,0 +1,134 @@
+"""Assembles the running service: database, cluster view, job executor, reconciler, HTTP application."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from api import operator, seed
+from engine.db import Database
+from engine.flavours import seed_flavours
+from engine.jobs.executor import Executor, ExecutorConfig
+from engine.proxmox import ClusterView, ProxmoxConnection
+from engine.reconciler import Reconciler
+from engine.service import Provisioner
+from engine.settings import Settings
+from engine.sshkeys import site_keys
+from web_provider import http as visa_http
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """Everything the service runs; `start()` and `stop()` bracket its life (the app's lifespan)."""
+
+    def __init__(self, settings: Settings, connection: ProxmoxConnection | None = None) -> None:
+        self.settings = settings
+        self.simulator: Any = None
+        self.connection = connection
+        self.db = Database(settings.db_url)
+        self.keys = site_keys(settings.ssh_public_keys, settings.ssh_public_key_files)
+        self.cluster: ClusterView | None = None
+        self.provisioner: Provisioner | None = None
+        self.executor: Executor | None = None
+        self.reconciler: Reconciler | None = None
+
+    def start(self) -> None:
+        settings = self.settings
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self.db.migrate()
+        with self.db.session() as session:
+            added = seed_flavours(session, settings.flavours_file)
+        if added:
+            log.info("loaded %d flavours from %s", added, settings.flavours_file)
+        if self.connection is None:
+            self.connection = (
+                self._start_simulator() if settings.simulated else ProxmoxConnection.from_settings(settings)
+            )
+        self.cluster = ClusterView(self.connection, settings.refresh_interval_s, settings.stale_after_s)
+        self.provisioner = Provisioner(settings, self.db, self.cluster, self.keys)
+        self.executor = Executor(
+            self.db,
+            ExecutorConfig(
+                ansible_dir=settings.ansible_dir,
+                runs_dir=settings.state_dir / "runs",
+                max_batch=settings.max_batch,
+                max_parallel_runs=settings.max_parallel_runs,
+                batch_window_s=settings.batch_window_ms / 1000,
+                job_timeout_s=settings.job_timeout_s,
+                keep_runs=settings.keep_runs,
+            ),
+            env=self.connection.ansible_env(),
+            secrets=[self.connection.secret],
+            hostvars=self.provisioner.hostvars,
+            on_outcome=self.provisioner.on_outcome,
+            after_run=self.cluster.poke,
+        )
+        self.provisioner.executor = self.executor
+        try:
+            self.cluster.start()
+        except Exception:
+            log.warning("Proxmox is not reachable at start-up; serving with a stale cluster view")
+        self.executor.start()
+        self.reconciler = Reconciler(self.db, self.cluster, settings.server_name_prefix)
+        self.reconciler.start()
+
+    def stop(self) -> None:
+        for part in (self.reconciler, self.executor, self.cluster):
+            if part is not None:
+                part.stop()
+        if self.simulator is not None:
+            self.simulator.stop()
+        self.db.dispose()
+
+    def _start_simulator(self) -> ProxmoxConnection:
+        from engine.simulator import start_simulator
+
+        s = self.settings
+        self.simulator = start_simulator(
+            s.state_dir / "simulator",
+            host=s.sim_host,
+            port=s.sim_port,
+            time_scale=s.sim_time_scale,
+            clone_secs=s.sim_clone_secs,
+            start_secs=s.sim_start_secs,
+            boot_secs=s.sim_boot_secs,
+        )
+        log.info("embedded Proxmox simulator at %s", self.simulator.url)
+        return ProxmoxConnection(
+            host=self.simulator.host,
+            port=self.simulator.port,
+            user=self.simulator.token_id,
+            secret=self.simulator.token_secret,
+            timeout_s=s.proxmox_timeout_ms / 1000,
+            verify=str(self.simulator.cafile),
+        )
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime.start()
+        app.state.provisioner = runtime.provisioner
+        try:
+            yield
+        finally:
+            runtime.stop()
+
+    settings = runtime.settings
+    app = FastAPI(
+        title="Proxmox provisioner", version="0.1.0", lifespan=lifespan, docs_url="/docs", openapi_url="/openapi.json"
+    )
+    token = settings.auth_token.get_secret_value() if settings.auth_token else None
+    operator_token = settings.operator_token or settings.auth_token
+    app.state.operator_token = operator_token.get_secret_value() if operator_token else None
+    visa_http.install_error_handlers(app)
+    visa_http.install(app, token)
+    app.include_router(operator.router)
+    app.include_router(operator.health)
+    app.include_router(seed.build_router(settings.seed_path_prefix))
+    return app

@@ -1,0 +1,159 @@
+"""Service configuration, from the environment (pydantic-settings).
+
+The reference provider's variable names are accepted unchanged, so an existing VISA site can switch
+by changing its container image; everything this project adds is prefixed ``PROVISIONER_``.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REFERENCE = "VISA_WEB_PROVIDER_PROXMOX_"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", populate_by_name=True)
+
+    # --- HTTP service (reference names)
+    server_host: str = Field("127.0.0.1", validation_alias=env(REFERENCE + "SERVER_HOST"))
+    server_port: int = Field(4000, ge=1, le=65535, validation_alias=env(REFERENCE + "SERVER_PORT"))
+    auth_token: SecretStr | None = Field(None, validation_alias=env(REFERENCE + "SERVER_AUTH_TOKEN"))
+    insecure_no_auth: bool = Field(False, validation_alias=env("PROVISIONER_INSECURE_NO_AUTH"))
+    operator_token: SecretStr | None = Field(None, validation_alias=env("PROVISIONER_OPERATOR_TOKEN"))
+
+    # --- Proxmox (reference names); no endpoint means "run the embedded simulator"
+    proxmox_endpoint: str | None = Field(None, validation_alias=env(REFERENCE + "ENDPOINT"))
+    proxmox_user: str = Field("root@pam", validation_alias=env(REFERENCE + "USER"))
+    proxmox_password: SecretStr | None = Field(None, validation_alias=env(REFERENCE + "PASSWORD"))
+    proxmox_timeout_ms: int = Field(10000, ge=100, validation_alias=env(REFERENCE + "TIMEOUT"))
+    proxmox_verify_tls: bool = Field(True, validation_alias=env("PROVISIONER_PROXMOX_VERIFY_TLS"))
+    proxmox_ca_file: Path | None = Field(None, validation_alias=env("PROVISIONER_PROXMOX_CA_FILE"))
+
+    # --- Placement and naming (reference names)
+    select_coeff: int = Field(4 * 1024**3, ge=0, validation_alias=env(REFERENCE + "SELECT_COEFF"))
+    metadata_server: str | None = Field(None, validation_alias=env(REFERENCE + "METADATA_SERVER"))
+    project_id: str | None = Field(None, validation_alias=env(REFERENCE + "PROJECT_ID"))
+    server_name_prefix: str = Field("VISA-INSTANCE", validation_alias=env("VISA_CLOUD_SERVER_NAME_PREFIX"))
+    max_start_retry: int = Field(10, ge=0, le=100, validation_alias=env("VISA_CLOUD_SERVER_MAX_START_RETRY"))
+
+    # --- Our own settings
+    state_dir: Path = Field(PROJECT_ROOT / ".run", validation_alias=env("PROVISIONER_STATE_DIR"))
+    database_url: str | None = Field(None, validation_alias=env("PROVISIONER_DATABASE_URL"))
+    flavours_file: Path = Field(
+        Path(__file__).parent / "defaults" / "flavours.yml", validation_alias=env("PROVISIONER_FLAVOURS_FILE")
+    )
+    ansible_dir: Path = Field(PROJECT_ROOT, validation_alias=env("PROVISIONER_ANSIBLE_DIR"))
+
+    ssh_public_keys: str = Field("", validation_alias=env("PROVISIONER_SSH_PUBLIC_KEYS"))
+    ssh_public_key_files: str = Field("", validation_alias=env("PROVISIONER_SSH_PUBLIC_KEY_FILES"))
+    ssh_key_metadata_field: str = Field("sshPublicKey", validation_alias=env("PROVISIONER_SSH_KEY_METADATA_FIELD"))
+    cloud_init_user: str = Field(
+        "visa", pattern=r"^[a-z_][a-z0-9_-]{0,31}$", validation_alias=env("PROVISIONER_CLOUD_INIT_USER")
+    )
+    seed_datasource: str = Field(
+        "nocloud-net", pattern=r"^(nocloud|nocloud-net)$", validation_alias=env("PROVISIONER_SEED_DATASOURCE")
+    )
+
+    max_instances: int = Field(1000, ge=1, le=2**31 - 1, validation_alias=env("PROVISIONER_MAX_INSTANCES"))
+    cpu_overcommit: float = Field(4.0, gt=0, validation_alias=env("PROVISIONER_CPU_OVERCOMMIT"))
+    memory_overcommit: float = Field(1.0, gt=0, validation_alias=env("PROVISIONER_MEMORY_OVERCOMMIT"))
+    vmid_min: int = Field(100000, ge=100, validation_alias=env("PROVISIONER_VMID_MIN"))
+    vmid_max: int = Field(199999, le=999999999, validation_alias=env("PROVISIONER_VMID_MAX"))
+    vm_storage: str | None = Field(None, validation_alias=env("PROVISIONER_VM_STORAGE"))
+    full_clone: bool = Field(True, validation_alias=env("PROVISIONER_FULL_CLONE"))
+    nodes: str = Field("", validation_alias=env("PROVISIONER_NODES"))
+
+    max_batch: int = Field(50, ge=1, le=200, validation_alias=env("PROVISIONER_MAX_BATCH"))
+    max_parallel_runs: int = Field(2, ge=1, le=16, validation_alias=env("PROVISIONER_MAX_PARALLEL_RUNS"))
+    batch_window_ms: int = Field(300, ge=0, le=10000, validation_alias=env("PROVISIONER_BATCH_WINDOW_MS"))
+    job_timeout_s: int = Field(1800, ge=10, validation_alias=env("PROVISIONER_JOB_TIMEOUT"))
+    address_timeout_s: int = Field(600, ge=5, validation_alias=env("PROVISIONER_ADDRESS_TIMEOUT"))
+    refresh_interval_s: float = Field(2.0, gt=0, validation_alias=env("PROVISIONER_REFRESH_INTERVAL"))
+    stale_after_s: float = Field(30.0, gt=0, validation_alias=env("PROVISIONER_STALE_AFTER"))
+    keep_runs: int = Field(200, ge=0, validation_alias=env("PROVISIONER_KEEP_RUNS"))
+
+    # --- Embedded simulator (used only when no endpoint is set)
+    sim_host: str = Field("127.0.0.1", validation_alias=env("PROVISIONER_SIM_HOST"))
+    sim_port: int = Field(0, ge=0, le=65535, validation_alias=env("PROVISIONER_SIM_PORT"))
+    sim_time_scale: float = Field(1.0, ge=0, validation_alias=env("PROVISIONER_SIM_TIME_SCALE"))
+    sim_clone_secs: float = Field(2.0, ge=0, validation_alias=env("PROVISIONER_SIM_CLONE_SECS"))
+    sim_start_secs: float = Field(1.0, ge=0, validation_alias=env("PROVISIONER_SIM_START_SECS"))
+    sim_boot_secs: float = Field(8.0, ge=0, validation_alias=env("PROVISIONER_SIM_BOOT_SECS"))
+
+    @field_validator("proxmox_endpoint")
+    @classmethod
+    def _endpoint_is_https_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError("must be a URL such as https://pve.example.org:8006/api2/json/")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.auth_token is None and not self.insecure_no_auth:
+            raise ValueError(
+                f"{REFERENCE}SERVER_AUTH_TOKEN is not set; refusing to serve without authentication "
+                "(set PROVISIONER_INSECURE_NO_AUTH=true for a development instance)"
+            )
+        if self.auth_token is not None and len(self.auth_token.get_secret_value()) < 8:
+            raise ValueError(f"{REFERENCE}SERVER_AUTH_TOKEN must be at least 8 characters")
+        if self.vmid_min > self.vmid_max:
+            raise ValueError("PROVISIONER_VMID_MIN must not exceed PROVISIONER_VMID_MAX")
+        if self.proxmox_endpoint and self.proxmox_password is None:
+            raise ValueError(f"{REFERENCE}PASSWORD (password or API token secret) is required with an endpoint")
+        return self
+
+    # --- derived values
+
+    @property
+    def simulated(self) -> bool:
+        return self.proxmox_endpoint is None
+
+    @property
+    def proxmox_host(self) -> str:
+        return urlsplit(self.proxmox_endpoint or "").hostname or ""
+
+    @property
+    def proxmox_port(self) -> int:
+        return urlsplit(self.proxmox_endpoint or "").port or 8006
+
+    @property
+    def uses_token(self) -> bool:
+        return "!" in self.proxmox_user
+
+    @property
+    def node_allowlist(self) -> frozenset[str]:
+        return frozenset(n.strip() for n in self.nodes.split(",") if n.strip())
+
+    @cached_property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.state_dir / 'provisioner.db'}"
+
+    @property
+    def seed_base_url(self) -> str:
+        """The NoCloud seed base URL as guests reach it, ending in '/'."""
+        if self.metadata_server:
+            return self.metadata_server.rstrip("/") + "/"
+        host = "127.0.0.1" if self.server_host in ("0.0.0.0", "::", "") else self.server_host
+        return f"http://{host}:{self.server_port}/seed/"
+
+    @property
+    def seed_path_prefix(self) -> str:
+        """The path under which this service serves seeds (the path of the seed base URL)."""
+        return urlsplit(self.seed_base_url).path.rstrip("/") or "/seed"
+
+
+def load_settings(**overrides: object) -> Settings:
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,78 @@
+"""Installs the VISA contract on an application: auth before routing, JSON errors with stable codes."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from engine.errors import ProvisionerError
+from web_provider import routes
+from web_provider.schemas import error_body
+
+log = logging.getLogger(__name__)
+API_PREFIX = "/api"
+INSTANCE_PATH = re.compile(r"^/api/instances/(?P<id>[^/]+)$")
+
+
+def is_api(path: str) -> bool:
+    return path == API_PREFIX or path.startswith(API_PREFIX + "/")
+
+
+def install(app: FastAPI, token: str | None) -> None:
+    """Add the /api routes; `token` None disables authentication (explicit insecure development mode)."""
+    expected = token.encode() if token is not None else None
+
+    @app.middleware("http")
+    async def visa_guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        path = request.url.path
+        if not is_api(path):
+            return await call_next(request)
+        if expected is not None:
+            given = request.headers.get("x-auth-token", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return JSONResponse(error_body("unauthorized", "missing or invalid X-Auth-Token"), status_code=401)
+        try:
+            return await call_next(request)
+        except Exception:
+            match = INSTANCE_PATH.match(path)
+            log.exception("unhandled error on %s %s", request.method, path)
+            if request.method == "GET" and match and match.group("id") != "identifiers":
+                # VISA treats any failure of this call as "deleted" and orphans the VM.
+                fallback = routes.unknown_instance_fallback(match.group("id"))
+                return JSONResponse(fallback.model_dump(), status_code=200)
+            return JSONResponse(error_body("internal_error", "internal error"), status_code=500)
+
+    app.include_router(routes.router)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ProvisionerError)
+    async def provisioner_error(_request: Request, exc: ProvisionerError) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return JSONResponse(error_body("malformed_json", "the request body is not valid JSON"), status_code=400)
+        details = [
+            {"field": ".".join(str(p) for p in e.get("loc", ())[1:]) or "body", "problem": e.get("msg", "")}
+            for e in errors
+        ]
+        first = details[0] if details else {"field": "body", "problem": "invalid"}
+        return JSONResponse(
+            error_body("invalid_request", f"{first['field']}: {first['problem']}", details), status_code=400
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = "no such resource" if exc.status_code == 404 else str(exc.detail)
+        return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=exc.headers)
