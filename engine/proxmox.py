@@ -17,6 +17,7 @@ from typing import Any
 
 from proxmoxer import ProxmoxAPI
 
+from engine.metrics import PROXMOX_READS
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -217,9 +218,13 @@ class ClusterView:
 
     # --- reads
 
+    def _count(self) -> None:
+        self.requests += 1
+        PROXMOX_READS.inc()
+
     def refresh(self) -> Snapshot:
         try:
-            self.requests += 1
+            self._count()
             resources = self._api.cluster.resources.get()
         except Exception as exc:  # proxmoxer raises requests/ResourceException/AuthenticationError
             self.last_error = type(exc).__name__
@@ -253,7 +258,7 @@ class ClusterView:
         if cached and self._clock() - cached[0] <= max_age_s:
             return cached[1]
         try:
-            self.requests += 1
+            self._count()
             groups = sorted(str(g["group"]) for g in self._api.cluster.firewall.groups.get())
         except Exception as exc:
             log.warning("Proxmox firewall group read failed: %s", _describe(exc))
@@ -268,7 +273,7 @@ class ClusterView:
         if cached and self._clock() - cached[0] <= max_age_s:
             return cached[1]
         try:
-            self.requests += 1
+            self._count()
             config = self._api.nodes(node).qemu(vmid).config.get()
         except Exception as exc:
             raise ProxmoxUnavailable(_describe(exc)) from exc
@@ -279,7 +284,7 @@ class ClusterView:
     def guest_ipv4(self, node: str, vmid: int) -> str | None:
         """The guest agent's first global IPv4, or None (agent not up yet, or no address)."""
         try:
-            self.requests += 1
+            self._count()
             answer = self._api.nodes(node).qemu(vmid).agent("network-get-interfaces").get()
         except Exception:
             return None

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import shlex
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -99,7 +102,7 @@ class Runtime:
             boot_secs=s.sim_boot_secs,
         )
         log.info("embedded Proxmox simulator at %s", self.simulator.url)
-        return ProxmoxConnection(
+        connection = ProxmoxConnection(
             host=self.simulator.host,
             port=self.simulator.port,
             user=self.simulator.token_id,
@@ -107,6 +110,16 @@ class Runtime:
             timeout_s=s.proxmox_timeout_ms / 1000,
             verify=str(self.simulator.cafile),
         )
+        write_env_file(s.state_dir / "proxmox.env", connection.ansible_env())
+        return connection
+
+
+def write_env_file(path: Path, env: dict[str, str]) -> None:
+    """The PROXMOX_* settings for running the playbooks by hand against the embedded simulator (mode 0600)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write("# written by `make run`; use with: set -a; . .run/proxmox.env; set +a\n")
+        out.writelines(f"{key}={shlex.quote(value)}\n" for key, value in sorted(env.items()))
 
 
 def create_app(runtime: Runtime) -> FastAPI:

@@ -277,8 +277,8 @@ class Provisioner:
             if instance is None or instance.lifecycle == Lifecycle.DELETED:
                 raise NotFound("no such seed")
             instance.phoned_home_at = utcnow()
-            if host_key:
-                instance.host_key = host_key[:1000]
+            if host_key and host_key.strip():
+                instance.host_key = host_key.strip()[:1000]
 
     # -------------------------------------------------------- job plumbing
 

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from engine.db import Database
 from engine.jobs.redact import Redactor
 from engine.jobs.runner import ADDRESS_FACT, EventRecord, HostOutcome, PlaybookRun, RunOutcome
+from engine.metrics import BATCH_SIZE, JOBS_FINISHED, RUN_SECONDS
 from engine.models import Instance, Job, JobEvent, JobKind, JobState, utcnow
 
 log = logging.getLogger(__name__)
@@ -263,7 +264,9 @@ class Executor:
             timeout_s=self._config.job_timeout_s,
             sink=lambda records: self._store_events(host_jobs, records),
         )
-        outcome = run.execute(cancel)
+        BATCH_SIZE.observe(len(hostvars))
+        with RUN_SECONDS.labels(PLAYBOOKS[kind]).time():
+            outcome = run.execute(cancel)
         log.info("run %s finished: %s", run_id, outcome.status)
         self._finish_all(job_ids, outcome)
 
@@ -323,6 +326,7 @@ class Executor:
             job.error = host.error
         if host.failed_task:
             job.result["failed_task"] = host.failed_task
+        JOBS_FINISHED.labels(job.kind, job.state).inc()
         if instance is not None:
             self._on_outcome(session, job, instance, host)
 

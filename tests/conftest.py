@@ -1,0 +1,150 @@
+"""Shared fixtures: a simulated cluster and the live service (uvicorn on a real port, as guests reach it)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from engine.proxmox import ProxmoxConnection
+from engine.runtime import Runtime, create_app
+from engine.settings import Settings
+
+TOKEN = "test-visa-token-0123456789"
+SITE_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHVmPnHqL3iOx0hB3fm4tJq0pS0KyfHlLQ0n8Qd3JYJb site@example.org"
+USER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBfw4Zz7wqdTd6a6cvSfbDX0Qf3u4s0aS2xUwW3Sb3cV user@example.org"
+MUTATING = ("POST", "PUT", "DELETE")
+
+# The machines export a system CA bundle that requests would prefer over our explicit verify settings.
+for _name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+    os.environ.pop(_name, None)
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.2, what: str = "condition"
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="module")
+def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from engine.simulator import start_simulator
+
+    handle = start_simulator(tmp_path_factory.mktemp("simulator"), time_scale=0)
+    yield handle
+    handle.stop()
+
+
+class LiveService:
+    """The whole service on 127.0.0.1:<free port>, with an httpx client that sends the VISA token."""
+
+    def __init__(self, runtime: Runtime, sock: socket.socket) -> None:
+        self.runtime = runtime
+        self.port = sock.getsockname()[1]
+        self.base = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(create_app(runtime), log_level="warning", access_log=False, lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        wait_for(lambda: self.server.started, timeout=30, what="the service to start")
+        self.client = httpx.Client(base_url=self.base, headers={"X-Auth-Token": TOKEN}, timeout=30)
+        self.anonymous = httpx.Client(base_url=self.base, timeout=30)
+
+    @property
+    def settings(self) -> Settings:
+        return self.runtime.settings
+
+    def stop(self) -> None:
+        self.client.close()
+        self.anonymous.close()
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+    def instance(self, instance_id: str) -> dict[str, Any]:
+        response = self.client.get(f"/api/instances/{instance_id}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait_state(self, instance_id: str, state: str, timeout: float = 120.0) -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            body = self.instance(instance_id)
+            assert body["state"] != "ERROR" or state == "ERROR", body
+            return body if body["state"] == state else None
+
+        return wait_for(reached, timeout=timeout, what=f"instance {instance_id} to be {state}")
+
+
+def start_service(tmp_path: Path, simulator: Any, **overrides: Any) -> LiveService:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    values: dict[str, Any] = {
+        "auth_token": TOKEN,
+        "state_dir": tmp_path,
+        "server_host": "127.0.0.1",
+        "server_port": sock.getsockname()[1],
+        "ssh_public_keys": SITE_KEY,
+        "batch_window_ms": 100,
+        "refresh_interval_s": 0.3,
+        "address_timeout_s": 60,
+        "job_timeout_s": 300,
+    }
+    values.update(overrides)
+    settings = Settings(**values)
+    connection = ProxmoxConnection(
+        host=simulator.host,
+        port=simulator.port,
+        user=simulator.token_id,
+        secret=simulator.token_secret,
+        timeout_s=10,
+        verify=str(simulator.cafile),
+    )
+    return LiveService(Runtime(settings, connection=connection), sock)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory, simulator: Any) -> Iterator[LiveService]:
+    live = start_service(tmp_path_factory.mktemp("service"), simulator)
+    yield live
+    live.stop()
+
+
+def mutations(simulator: Any, since: int = 0) -> list[tuple[str, str]]:
+    """The mutating requests the simulator recorded since an index."""
+    return [(m, p) for m, p, _ in list(simulator.sim.requests)[since:] if m in MUTATING]
+
+
+def visa_body(name: str = "VISA-INSTANCE-42", image: str = "9000", flavour: str = "small", **extra: Any) -> dict:
+    """The create body exactly as VISA 3.x sends it: "" metadata values, no bootCommand key."""
+    body = {
+        "name": name,
+        "imageId": image,
+        "flavourId": flavour,
+        "securityGroups": ["default"],
+        "metadata": {
+            "owner": "bob",
+            "uid": "d3f1",
+            "screenWidth": "1920",
+            "screenHeight": "1080",
+            "keyboardLayout": "en-gb-qwerty",
+            "instruments": "",
+            "proposals": "",
+            "id": "42",
+        },
+    }
+    body.update(extra)
+    return body

@@ -1,0 +1,138 @@
+"""The job queue: batching, per-instance ordering, cancel, crash recovery (no Ansible process involved)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from engine.db import Database
+from engine.jobs.executor import Executor, ExecutorConfig
+from engine.models import Instance, Job, JobKind, JobState, Lifecycle, utcnow
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    database = Database(f"sqlite:///{tmp_path / 'jobs.db'}")
+    database.migrate()
+    return database
+
+
+def make_executor(db: Database, tmp_path: Path, max_batch: int = 50, window: float = 0.0) -> Executor:
+    config = ExecutorConfig(
+        ansible_dir=tmp_path,
+        runs_dir=tmp_path / "runs",
+        max_batch=max_batch,
+        max_parallel_runs=1,
+        batch_window_s=window,
+        job_timeout_s=60,
+        keep_runs=5,
+    )
+    outcomes: list[tuple[str, bool]] = []
+    executor = Executor(
+        db,
+        config,
+        env={},
+        secrets=[],
+        hostvars=lambda *_: {},
+        on_outcome=lambda _s, job, _i, outcome: outcomes.append((job.id, outcome.ok)),
+        after_run=lambda: None,
+    )
+    executor.outcomes = outcomes  # type: ignore[attr-defined]
+    return executor
+
+
+def add_instance(db: Database, vmid: int) -> None:
+    with db.session() as session:
+        session.add(
+            Instance(
+                id=vmid,
+                name=f"n{vmid}",
+                vm_name=f"n{vmid}",
+                image_id="9000",
+                flavour_id="small",
+                node="pve1",
+                cores=1,
+                memory_mb=512,
+                disk_gb=4,
+                lifecycle=Lifecycle.BUILDING,
+                seed_token=uuid.uuid4().hex,
+            )
+        )
+
+
+def add_job(db: Database, vmid: int, kind: JobKind, state: JobState = JobState.PENDING, age_s: float = 10) -> str:
+    job_id = str(uuid.uuid4())
+    with db.session() as session:
+        session.add(
+            Job(id=job_id, kind=kind, instance_id=vmid, state=state, created_at=utcnow() - timedelta(seconds=age_s))
+        )
+    time.sleep(0.002)  # distinct creation order
+    return job_id
+
+
+def states(db: Database) -> dict[str, str]:
+    with db.session() as session:
+        return {job.id: job.state for job in session.query(Job)}
+
+
+def test_a_batch_holds_one_job_per_instance_of_the_oldest_kind(db: Database, tmp_path: Path):
+    for vmid in (1, 2, 3):
+        add_instance(db, vmid)
+    first = [add_job(db, vmid, JobKind.CREATE, age_s=10 - vmid) for vmid in (1, 2)]
+    later = add_job(db, 1, JobKind.START, age_s=5)
+    other = add_job(db, 3, JobKind.DELETE, age_s=4)
+    claimed = make_executor(db, tmp_path)._claim_batch()
+    assert claimed is not None
+    _run_id, ids = claimed
+    assert sorted(ids) == sorted(first)
+    assert states(db)[later] == JobState.PENDING and states(db)[other] == JobState.PENDING
+    # instance 1 is busy now: its start waits; the delete of instance 3 can go
+    _run_id, ids = make_executor(db, tmp_path)._claim_batch() or (None, [])
+    assert ids == [other]
+
+
+def test_batches_are_capped_and_wait_for_the_window(db: Database, tmp_path: Path):
+    for vmid in range(1, 6):
+        add_instance(db, vmid)
+        add_job(db, vmid, JobKind.CREATE, age_s=0)
+    assert make_executor(db, tmp_path, window=30)._claim_batch() is None  # young jobs wait for company
+    claimed = make_executor(db, tmp_path, max_batch=2, window=30)._claim_batch()
+    assert claimed is not None and len(claimed[1]) == 2  # a full batch goes at once
+
+
+def test_jobs_not_due_yet_are_skipped(db: Database, tmp_path: Path):
+    add_instance(db, 1)
+    job_id = add_job(db, 1, JobKind.DELETE)
+    with db.session() as session:
+        session.get(Job, job_id).not_before = utcnow() + timedelta(minutes=5)
+    assert make_executor(db, tmp_path)._claim_batch() is None
+
+
+def test_recovery_requeues_idempotent_jobs_and_fails_reboots(db: Database, tmp_path: Path):
+    for vmid in (1, 2):
+        add_instance(db, vmid)
+    create = add_job(db, 1, JobKind.CREATE, JobState.RUNNING)
+    reboot = add_job(db, 2, JobKind.REBOOT, JobState.RUNNING)
+    assert make_executor(db, tmp_path).recover() == 2
+    assert states(db) == {create: JobState.PENDING, reboot: JobState.FAILED}
+
+
+def test_cancel_of_a_pending_job_is_immediate(db: Database, tmp_path: Path):
+    add_instance(db, 1)
+    job_id = add_job(db, 1, JobKind.CREATE)
+    executor = make_executor(db, tmp_path)
+    job = executor.cancel(job_id)
+    assert job is not None and job.state == JobState.CANCELED
+    assert executor.outcomes == [(job_id, False)]  # type: ignore[attr-defined]
+    assert executor.cancel("no-such-job") is None
+
+
+def test_cancel_of_a_running_job_is_recorded(db: Database, tmp_path: Path):
+    add_instance(db, 1)
+    job_id = add_job(db, 1, JobKind.CREATE, JobState.RUNNING)
+    job = make_executor(db, tmp_path).cancel(job_id)
+    assert job is not None and job.state == JobState.RUNNING and job.cancel_requested

@@ -1,0 +1,224 @@
+"""The VISA web-provider contract (docs: shared notes visa-contract.md §1-§9): shapes, units, codes, auth."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import TOKEN, LiveService, mutations, visa_body
+
+GiB = 1024**3
+ROUTES = [
+    ("GET", "/api/images"),
+    ("GET", "/api/images/9000"),
+    ("GET", "/api/flavours"),
+    ("GET", "/api/flavours/small"),
+    ("GET", "/api/security_groups"),
+    ("GET", "/api/metrics"),
+    ("GET", "/api/instances"),
+    ("GET", "/api/instances/identifiers"),
+    ("GET", "/api/instances/100000"),
+    ("POST", "/api/instances"),
+    ("POST", "/api/instances/100000/start"),
+    ("POST", "/api/instances/100000/shutdown"),
+    ("POST", "/api/instances/100000/reboot"),
+    ("DELETE", "/api/instances/100000"),
+    ("GET", "/api/instances/100000/security_groups"),
+    ("POST", "/api/instances/100000/security_groups"),
+    ("POST", "/api/instances/100000/security_groups/remove"),
+    ("GET", "/api/no-such-route"),
+    ("GET", "/api/devices"),
+]
+OPTIONAL = [
+    "/api/devices",
+    "/api/device_allocations",
+    "/api/flavours/small/device_allocations",
+    "/api/device/PCI_PASSTHROUGH/a100",
+    "/api/custom_resource_classes",
+    "/api/hypervisor_inventories",
+    "/api/hypervisor_usages",
+    "/api/hypervisor_allocations",
+]
+STATES = {
+    "UNKNOWN",
+    "BUILDING",
+    "STARTING",
+    "ACTIVE",
+    "ACTIVE_MIGRATING",
+    "STOPPING",
+    "STOPPED",
+    "REBOOTING",
+    "MIGRATING",
+    "UNAVAILABLE",
+    "ERROR",
+    "DELETED",
+}
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+@pytest.mark.parametrize("token", [None, "wrong-token", TOKEN[:-1]])
+def test_every_api_route_needs_the_token_before_anything_else(
+    service: LiveService, method: str, path: str, token: str | None
+):
+    headers = {"X-Auth-Token": token} if token else {}
+    response = service.anonymous.request(method, path, headers=headers, json={})
+    assert response.status_code == 401
+    assert response.json()["code"] == "unauthorized"
+
+
+def test_images_are_templates_with_sizes_in_bytes(service: LiveService):
+    images = service.client.get("/api/images").json()
+    assert {i["id"] for i in images} == {"9000", "9001"}
+    debian = next(i for i in images if i["id"] == "9000")
+    assert debian == {"id": "9000", "name": "debian-12-cloud", "size": 3 * GiB}
+    assert service.client.get("/api/images/9000").json() == debian
+    for unknown in ("12345", "abc", "100000"):
+        response = service.client.get(f"/api/images/{unknown}")
+        assert response.status_code == 404
+        assert response.json()["code"] == "not_found"
+
+
+def test_flavours_have_identical_units_in_list_and_single_get(service: LiveService):
+    flavours = service.client.get("/api/flavours").json()
+    assert flavours, "the shipped catalogue is loaded"
+    small = next(f for f in flavours if f["id"] == "small")
+    assert small == {"id": "small", "name": "Small (2 vCPU, 4 GB)", "cpus": 2, "ram": 4096, "disk": 20}
+    for flavour in flavours:
+        assert set(flavour) == {"id", "name", "cpus", "ram", "disk"}
+        assert service.client.get(f"/api/flavours/{flavour['id']}").json() == flavour
+    assert service.client.get("/api/flavours/nope").status_code == 404
+
+
+def test_security_groups_are_plain_strings(service: LiveService):
+    assert service.client.get("/api/security_groups").json() == ["default", "ssh", "web"]
+
+
+def test_metrics_are_six_integers_with_visa_names(service: LiveService):
+    metrics = service.client.get("/api/metrics").json()
+    assert set(metrics) == {
+        "maxTotalRamSize",
+        "totalRamUsed",
+        "maxTotalInstances",
+        "totalInstancesUsed",
+        "maxTotalCores",
+        "totalCoresUsed",
+    }
+    assert all(isinstance(v, int) and 0 <= v < 2**31 for v in metrics.values())
+    assert metrics["maxTotalInstances"] == service.settings.max_instances > 0
+    nodes = service.runtime.cluster.snapshot().nodes.values()
+    assert metrics["maxTotalCores"] == int(sum(n.maxcpu for n in nodes) * service.settings.cpu_overcommit)
+    assert metrics["maxTotalRamSize"] == sum(n.maxmem for n in nodes) // 1024**2
+
+
+@pytest.mark.parametrize("path", OPTIONAL)
+def test_optional_endpoints_answer_404(service: LiveService, path: str):
+    assert service.client.get(path).status_code == 404
+
+
+def test_migrate_is_not_available(service: LiveService):
+    body = {"host": "pve2", "blockMigration": False, "diskOverCommit": False}
+    assert service.client.post("/api/instances/100000/migrate", json=body).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("path", "method"),
+    [
+        ("/api/instances/100000", "GET"),
+        ("/api/instances/999999999", "GET"),
+        ("/api/instances/abc", "GET"),
+        ("/api/instances/100000/start", "POST"),
+        ("/api/instances/100000/shutdown", "POST"),
+        ("/api/instances/100000/reboot", "POST"),
+        ("/api/instances/100000", "DELETE"),
+        ("/api/instances/100000/security_groups", "GET"),
+        ("/api/instances/9000", "GET"),
+    ],
+)
+def test_unknown_instances_are_404(service: LiveService, path: str, method: str):
+    response = service.client.request(method, path)
+    assert response.status_code == 404
+    assert response.json()["code"] == "not_found"
+
+
+BAD_BODIES = [
+    ("malformed_json", b'{"name": "x",', {}),
+    ("invalid_request", b"[]", {}),
+    ("invalid_request", None, {"imageId": "9000", "flavourId": "small"}),
+    ("invalid_request", None, {"name": "", "imageId": "9000", "flavourId": "small"}),
+    ("invalid_request", None, {"name": "a", "imageId": {"x": 1}, "flavourId": "small"}),
+    ("invalid_request", None, {"name": "a", "imageId": "9000", "flavourId": "small", "metadata": ["x"]}),
+    ("invalid_request", None, {"name": "a", "imageId": "9000", "flavourId": "small", "securityGroups": "default"}),
+    ("invalid_request", None, {"name": "a", "imageId": "9000", "flavourId": "small", "metadata": {"k": {"nested": 1}}}),
+    ("unknown_image", None, {"name": "a", "imageId": "4242", "flavourId": "small"}),
+    ("unknown_image", None, {"name": "a", "imageId": "not-a-number", "flavourId": "small"}),
+    ("unknown_flavour", None, {"name": "a", "imageId": "9000", "flavourId": "huge"}),
+    (
+        "unknown_security_group",
+        None,
+        {"name": "a", "imageId": "9000", "flavourId": "small", "securityGroups": ["default", "nope"]},
+    ),
+    (
+        "invalid_ssh_key",
+        None,
+        {"name": "a", "imageId": "9000", "flavourId": "small", "metadata": {"sshPublicKey": "ssh-rsa AAAA-garbage"}},
+    ),
+]
+
+
+@pytest.mark.parametrize(("code", "raw", "body"), BAD_BODIES)
+def test_bad_creates_get_a_400_with_a_stable_code_and_change_nothing(
+    service: LiveService, simulator, code: str, raw: bytes | None, body: dict
+):
+    before_requests = len(simulator.sim.requests)
+    before = service.client.get("/api/instances/identifiers").json()
+    if raw is not None:
+        response = service.client.post("/api/instances", content=raw, headers={"Content-Type": "application/json"})
+    else:
+        response = service.client.post("/api/instances", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == code
+    assert response.json()["message"]
+    assert service.client.get("/api/instances/identifiers").json() == before
+    assert mutations(simulator, before_requests) == []
+
+
+def test_create_answers_an_id_at_once_and_get_reports_building(service: LiveService):
+    response = service.client.post("/api/instances", json=visa_body(name="VISA-INSTANCE-7"))
+    assert response.status_code == 201, response.text
+    instance_id = response.json()["id"]
+    assert set(response.json()) == {"id"} and instance_id.isdigit()
+    body = service.instance(instance_id)
+    assert body["state"] in STATES
+    assert body["state"] == "BUILDING"
+    assert set(body) == {
+        "id",
+        "name",
+        "state",
+        "address",
+        "imageId",
+        "flavourId",
+        "createdAt",
+        "securityGroups",
+        "fault",
+    }
+    assert body["id"] == instance_id and body["name"] == "VISA-INSTANCE-7"
+    assert body["imageId"] == "9000" and body["flavourId"] == "small"
+    assert body["securityGroups"] == ["default"] and body["fault"] is None and body["address"] is None
+    assert body["createdAt"].endswith("Z") and "T" in body["createdAt"]
+    identifiers = service.client.get("/api/instances/identifiers").json()
+    assert {"id": instance_id, "name": "VISA-INSTANCE-7"} in identifiers
+    assert all(set(i) == {"id", "name"} for i in identifiers)
+    assert all(i["id"] not in ("9000", "9001") for i in identifiers)
+    listed = {i["id"]: i for i in service.client.get("/api/instances").json()}
+    assert listed[instance_id]["name"] == "VISA-INSTANCE-7"
+    assert all(i["state"] in STATES for i in listed.values())
+
+
+def test_numbers_are_accepted_where_visa_sends_strings(service: LiveService):
+    response = service.client.post("/api/instances", json=visa_body(name="VISA-INSTANCE-8", image=9000))
+    assert response.status_code == 201, response.text
+    assert service.instance(response.json()["id"])["imageId"] == "9000"
+
+
+def test_responses_are_json(service: LiveService):
+    for path in ("/api/images", "/api/flavours", "/api/metrics", "/api/instances", "/api/no-such-route"):
+        assert service.client.get(path).headers["content-type"].startswith("application/json")
