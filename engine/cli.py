@@ -12,7 +12,9 @@ from pathlib import Path
 import uvicorn
 from pydantic import ValidationError
 
+from engine.flavours import FlavourFileError, read_flavour_file
 from engine.settings import REFERENCE, Settings
+from engine.sshkeys import InvalidSSHKey
 
 
 def _dev_token(state_dir: Path) -> str:
@@ -49,7 +51,12 @@ def run(args: argparse.Namespace) -> None:
     logging.basicConfig(
         level=os.environ.get("PROVISIONER_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    runtime = Runtime(settings)
+    try:
+        runtime = Runtime(settings)
+        read_flavour_file(settings.flavours_file)
+    except (InvalidSSHKey, FlavourFileError) as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     app = create_app(runtime)
     base = f"http://{settings.server_host}:{settings.server_port}"
     print(f"VISA web provider: {base}  (VISA_CLOUD_WEB_PROVIDER_URL={base})", flush=True)

@@ -92,6 +92,7 @@ class Runtime:
         from engine.simulator import start_simulator
 
         s = self.settings
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
         self.simulator = start_simulator(
             s.state_dir / "simulator",
             host=s.sim_host,

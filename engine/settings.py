@@ -84,7 +84,7 @@ class Settings(BaseSettings):
 
     # --- Embedded simulator (used only when no endpoint is set)
     sim_host: str = Field("127.0.0.1", validation_alias=env("PROVISIONER_SIM_HOST"))
-    sim_port: int = Field(0, ge=0, le=65535, validation_alias=env("PROVISIONER_SIM_PORT"))
+    sim_port: int = Field(8006, ge=0, le=65535, validation_alias=env("PROVISIONER_SIM_PORT"))
     sim_time_scale: float = Field(1.0, ge=0, validation_alias=env("PROVISIONER_SIM_TIME_SCALE"))
     sim_clone_secs: float = Field(2.0, ge=0, validation_alias=env("PROVISIONER_SIM_CLONE_SECS"))
     sim_start_secs: float = Field(1.0, ge=0, validation_alias=env("PROVISIONER_SIM_START_SECS"))

@@ -222,3 +222,13 @@ def test_numbers_are_accepted_where_visa_sends_strings(service: LiveService):
 def test_responses_are_json(service: LiveService):
     for path in ("/api/images", "/api/flavours", "/api/metrics", "/api/instances", "/api/no-such-route"):
         assert service.client.get(path).headers["content-type"].startswith("application/json")
+
+
+def test_get_instance_never_answers_5xx_when_our_store_fails(service: LiveService, monkeypatch: pytest.MonkeyPatch):
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("database is gone")
+
+    monkeypatch.setattr(service.runtime.provisioner, "views", broken)
+    response = service.client.get("/api/instances/100042")
+    assert response.status_code == 200
+    assert response.json()["state"] == "UNKNOWN" and response.json()["id"] == "100042"

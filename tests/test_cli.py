@@ -1,0 +1,76 @@
+"""Start-up configuration: refusing to run without a token, reference variable names, clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from engine.settings import Settings
+
+CLEAN = {"PATH": "/usr/bin:/bin"}
+
+
+def test_refuses_to_start_without_a_token_unless_explicitly_insecure(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("VISA_WEB_PROVIDER_PROXMOX_SERVER_AUTH_TOKEN", raising=False)
+    with pytest.raises(ValidationError, match="refusing to serve without authentication"):
+        Settings()
+    assert Settings(insecure_no_auth=True).auth_token is None
+
+
+def test_reference_variable_names_are_honoured(monkeypatch: pytest.MonkeyPatch):
+    env = {
+        "VISA_WEB_PROVIDER_PROXMOX_SERVER_PORT": "4100",
+        "VISA_WEB_PROVIDER_PROXMOX_SERVER_HOST": "0.0.0.0",
+        "VISA_WEB_PROVIDER_PROXMOX_SERVER_AUTH_TOKEN": "site-token-123",
+        "VISA_WEB_PROVIDER_PROXMOX_ENDPOINT": "https://pve.example.org:8006/api2/json/",
+        "VISA_WEB_PROVIDER_PROXMOX_USER": "root@pam!visa",
+        "VISA_WEB_PROVIDER_PROXMOX_PASSWORD": "tok",
+        "VISA_WEB_PROVIDER_PROXMOX_TIMEOUT": "30000",
+        "VISA_WEB_PROVIDER_PROXMOX_SELECT_COEFF": "1",
+        "VISA_WEB_PROVIDER_PROXMOX_METADATA_SERVER": "http://10.0.0.1:4001/ci",
+        "VISA_WEB_PROVIDER_PROXMOX_PROJECT_ID": "p",
+        "VISA_CLOUD_SERVER_NAME_PREFIX": "VISA_INSTANCE",
+        "VISA_CLOUD_SERVER_MAX_START_RETRY": "3",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    assert (settings.server_port, settings.server_host) == (4100, "0.0.0.0")
+    assert settings.proxmox_host == "pve.example.org" and settings.proxmox_port == 8006
+    assert settings.uses_token and settings.proxmox_timeout_ms == 30000 and settings.select_coeff == 1
+    assert settings.seed_base_url == "http://10.0.0.1:4001/ci/" and settings.seed_path_prefix == "/ci"
+    assert settings.server_name_prefix == "VISA_INSTANCE" and settings.max_start_retry == 3
+    assert not settings.simulated
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PROVISIONER_SSH_PUBLIC_KEYS": "ssh-ed25519 garbage"}, "configured SSH key #1"),
+        ({"PROVISIONER_FLAVOURS_FILE": "/nonexistent/flavours.yml"}, "cannot read flavour file"),
+        ({"VISA_WEB_PROVIDER_PROXMOX_SERVER_AUTH_TOKEN": "short"}, "at least 8 characters"),
+        ({"VISA_WEB_PROVIDER_PROXMOX_ENDPOINT": "pve:8006"}, "must be a URL"),
+    ],
+)
+def test_bad_configuration_stops_the_service_with_a_clear_message(tmp_path: Path, env: dict[str, str], message: str):
+    full = {
+        **CLEAN,
+        "PROVISIONER_STATE_DIR": str(tmp_path),
+        "VISA_WEB_PROVIDER_PROXMOX_SERVER_AUTH_TOKEN": "tok-12345678",
+    }
+    full.update(env)
+    result = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "run"],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parents[1],
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
