@@ -26,11 +26,13 @@ def provisioner(request: Request) -> Provisioner:
     return request.app.state.provisioner  # type: ignore[no-any-return]
 
 
-def operator(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+def operator(request: Request, authorization: Annotated[str | None, Header()] = None,
+             x_auth_token: Annotated[str | None, Header()] = None) -> None:
+    """Operator routes take `Authorization: Bearer <token>` (or `X-Auth-Token`)."""
     token: str | None = request.app.state.operator_token
     if token is None:
         return
-    given = (authorization or "").removeprefix("Bearer ").encode()
+    given = (authorization.removeprefix("Bearer ") if authorization else x_auth_token or "").encode()
     if not hmac.compare_digest(given, token.encode()):
         raise Unauthorized("missing or invalid operator token (Authorization: Bearer …)")
 

@@ -77,7 +77,6 @@ class Instance(Base):
     fault_message: Mapped[str | None] = mapped_column(Text, default=None)
     fault_details: Mapped[str | None] = mapped_column(Text, default=None)
     fault_at: Mapped[datetime | None] = mapped_column(default=None)
-    seed_fetched_at: Mapped[datetime | None] = mapped_column(default=None)
     phoned_home_at: Mapped[datetime | None] = mapped_column(default=None)
     host_key: Mapped[str | None] = mapped_column(Text, default=None)
     adopted: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -64,6 +64,7 @@ class Runtime:
                 batch_window_s=settings.batch_window_ms / 1000,
                 job_timeout_s=settings.job_timeout_s,
                 keep_runs=settings.keep_runs,
+                nice=settings.job_nice,
             ),
             env=self.connection.ansible_env(),
             secrets=[self.connection.secret],

@@ -255,8 +255,6 @@ class Provisioner:
             instance = session.scalar(select(Instance).where(Instance.seed_token == token))
             if instance is None or instance.lifecycle == Lifecycle.DELETED:
                 raise NotFound("no such seed")
-            if instance.seed_fetched_at is None:
-                instance.seed_fetched_at = utcnow()
             return instance
 
     def seed_context(self, instance: Instance) -> cloudinit.SeedContext:

@@ -80,6 +80,7 @@ class Settings(BaseSettings):
     address_timeout_s: int = Field(600, ge=5, validation_alias=env("PROVISIONER_ADDRESS_TIMEOUT"))
     refresh_interval_s: float = Field(2.0, gt=0, validation_alias=env("PROVISIONER_REFRESH_INTERVAL"))
     stale_after_s: float = Field(30.0, gt=0, validation_alias=env("PROVISIONER_STALE_AFTER"))
+    job_nice: int = Field(10, ge=0, le=19, validation_alias=env("PROVISIONER_JOB_NICE"))
     keep_runs: int = Field(200, ge=0, validation_alias=env("PROVISIONER_KEEP_RUNS"))
 
     # --- Embedded simulator (used only when no endpoint is set)

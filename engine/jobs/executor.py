@@ -10,6 +10,7 @@ jobs go back to pending: every playbook is idempotent, so re-running one is safe
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 import uuid
@@ -58,6 +59,7 @@ class ExecutorConfig:
     batch_window_s: float
     job_timeout_s: int
     keep_runs: int
+    nice: int = 10  # playbook processes yield the CPU to the API and the seed server
 
 
 HostVarsBuilder = Callable[[Session, Job, Instance], dict[str, Any]]
@@ -223,6 +225,7 @@ class Executor:
     # --- running
 
     def _run_batch(self, run_id: str, job_ids: list[str]) -> None:
+        lower_priority(self._config.nice)
         try:
             self._execute(run_id, job_ids)
         except Exception:
@@ -301,6 +304,11 @@ class Executor:
     def _finish(
         self, session: Session, job: Job, instance: Instance | None, host: HostOutcome, outcome: RunOutcome
     ) -> None:
+        if self._stop.is_set() and outcome.status == "canceled" and not job.cancel_requested:
+            # Interrupted by our own shutdown, not by a user: run it again at the next start.
+            job.state, job.run_id, job.started_at = JobState.PENDING, None, None
+            job.attempts = max(0, job.attempts - 1)
+            return
         job.finished_at = utcnow()
         job.result = {
             "run_status": outcome.status,
@@ -334,6 +342,18 @@ class Executor:
         runs = sorted((p for p in self._config.runs_dir.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
         for old in runs[: max(0, len(runs) - self._config.keep_runs)]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def lower_priority(increment: int) -> None:
+    """Lower this thread's CPU priority; the processes it spawns (ansible-playbook, modules) inherit it."""
+    if increment <= 0:
+        return
+    try:
+        tid = threading.get_native_id()
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, max(current, increment)))
+    except OSError:
+        log.warning("could not lower the priority of the job worker thread")
 
 
 def _aware(moment: Any) -> Any:

@@ -76,6 +76,7 @@ class PlaybookRun:
     timeout_s: int
     sink: EventSink
     group: str = "batch"
+    fast: bool = True  # run under Mitogen's strategy (warm interpreters: module calls cost ~4x less CPU)
     flush_every_s: float = 0.5
     _hosts: dict[str, HostOutcome] = field(default_factory=dict, init=False)
     _buffer: list[EventRecord] = field(default_factory=list, init=False)
@@ -104,6 +105,7 @@ class PlaybookRun:
                 quiet=True,
                 ident="run",
                 event_handler=self._on_event,
+                status_handler=self._on_status,
                 cancel_callback=cancel.is_set,
             )
         except Exception as exc:  # ansible-runner could not start the run at all
@@ -111,6 +113,7 @@ class PlaybookRun:
             return RunOutcome("error", None, self._hosts, f"the playbook run could not start: {type(exc).__name__}")
         finally:
             self._flush(force=True)
+            self._scrub_command_file()
             self._cleanup()
         return self._outcome(runner.status, runner.rc)
 
@@ -125,7 +128,8 @@ class PlaybookRun:
         return {"all": {"children": {self.group: {"hosts": hosts}}}}
 
     def _environment(self) -> dict[str, str]:
-        env = {
+        env = mitogen_strategy() if self.fast else {}
+        env |= {
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
             "ANSIBLE_CONFIG": str(self.ansible_dir / "ansible.cfg"),
             "ANSIBLE_PIPELINING": "True",
@@ -136,6 +140,22 @@ class PlaybookRun:
         }
         env.update(self.env)
         return env
+
+    # --- secrets in runner's own files
+
+    def _on_status(self, status: dict[str, Any], **_: Any) -> None:
+        # ansible-runner writes the child's whole environment (our PROXMOX_* secrets included) into
+        # artifacts/<ident>/command before it spawns the process; scrub it as soon as the process runs.
+        if status.get("status") == "running":
+            self._scrub_command_file()
+
+    def _scrub_command_file(self) -> None:
+        path = self.private_data_dir / "artifacts" / "run" / "command"
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        path.write_text(json.dumps(self.redactor.data(record)), encoding="utf-8")
 
     # --- events
 
@@ -204,6 +224,16 @@ class PlaybookRun:
         """Keep only the artifacts (stdout, status, rc); the inventory holds per-VM seed URLs."""
         for name in ("inventory", "env", "project"):
             shutil.rmtree(self.private_data_dir / name, ignore_errors=True)
+
+
+def mitogen_strategy() -> dict[str, str]:
+    """Environment selecting Mitogen's free strategy, or nothing when Mitogen is not installed."""
+    try:
+        import ansible_mitogen
+    except ImportError:
+        return {}
+    plugins = Path(ansible_mitogen.__file__).parent / "plugins" / "strategy"
+    return {"ANSIBLE_STRATEGY_PLUGINS": str(plugins), "ANSIBLE_STRATEGY": "mitogen_free"}
 
 
 def _failure_message(res: dict[str, Any]) -> str:

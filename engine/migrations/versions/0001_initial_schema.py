@@ -46,7 +46,6 @@ def upgrade() -> None:
         sa.Column("fault_message", sa.Text(), nullable=True),
         sa.Column("fault_details", sa.Text(), nullable=True),
         sa.Column("fault_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("seed_fetched_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("phoned_home_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("host_key", sa.Text(), nullable=True),
         sa.Column("adopted", sa.Boolean(), nullable=False),
