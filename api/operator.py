@@ -26,8 +26,11 @@ def provisioner(request: Request) -> Provisioner:
     return request.app.state.provisioner  # type: ignore[no-any-return]
 
 
-def operator(request: Request, authorization: Annotated[str | None, Header()] = None,
-             x_auth_token: Annotated[str | None, Header()] = None) -> None:
+def operator(
+    request: Request,
+    authorization: Annotated[str | None, Header()] = None,
+    x_auth_token: Annotated[str | None, Header()] = None,
+) -> None:
     """Operator routes take `Authorization: Bearer <token>` (or `X-Auth-Token`)."""
     token: str | None = request.app.state.operator_token
     if token is None:

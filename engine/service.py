@@ -76,6 +76,8 @@ class Provisioner:
         self.site_keys = site_keys
         self.executor: Executor | None = None
         self._vmid_lock = threading.Lock()
+        self._inflight: dict[int, Reservation] = {}  # reserved, not committed yet
+        self._last_vmid: int | None = None
 
     # ------------------------------------------------------------------ reads
 
@@ -160,22 +162,21 @@ class Provisioner:
 
     def create(self, request: CreateRequest) -> Instance:
         flavour = self.flavour_or_unknown(request.flavour_id)
-        snapshot = self._fresh_snapshot()
+        snapshot = self._current_snapshot()
         template = self._template(snapshot, request.image_id)
         self._check_groups(request.security_groups)
         keys = self._instance_keys(request.metadata)
-        with self._vmid_lock, self.db.session() as session:
-            self._check_quota(session)
-            full_clone = flavour.full_clone if flavour.full_clone is not None else self.settings.full_clone
-            node = self._place(session, snapshot, flavour, template, full_clone)
-            vmid = self._reserve_vmid(session, snapshot)
+        full_clone = flavour.full_clone if flavour.full_clone is not None else self.settings.full_clone
+        allowed = None if self._clone_can_leave_node(snapshot, template, full_clone) else frozenset({template.node})
+        reservation = self._reserve(snapshot, flavour, allowed)
+        try:
             instance = Instance(
-                id=vmid,
+                id=reservation.vmid,
                 name=request.name,
-                vm_name=vm_name(request.name, vmid),
+                vm_name=vm_name(request.name, reservation.vmid),
                 image_id=str(template.vmid),
                 flavour_id=flavour.id,
-                node=node,
+                node=reservation.node,
                 cores=flavour.cpus,
                 memory_mb=flavour.ram_mb,
                 disk_gb=max(flavour.disk_gb, -(-template.maxdisk // 1024**3)),
@@ -186,16 +187,45 @@ class Provisioner:
                 ssh_keys=keys,
                 seed_token=secrets.token_urlsafe(32),
             )
-            session.add(instance)
-            self._enqueue(
-                session,
-                instance,
-                JobKind.CREATE,
-                {"template": template.vmid, "template_node": template.node, "full_clone": full_clone},
-            )
+            with self.db.session() as session:
+                session.add(instance)
+                self._enqueue(
+                    session,
+                    instance,
+                    JobKind.CREATE,
+                    {"template": template.vmid, "template_node": template.node, "full_clone": full_clone},
+                )
+        finally:
+            with self._vmid_lock:
+                self._inflight.pop(reservation.vmid, None)
         self._notify()
-        log.info("accepted instance %s (%s) on %s", vmid, instance.vm_name, node)
+        log.info("accepted instance %s (%s) on %s", instance.id, instance.vm_name, instance.node)
         return instance
+
+    def _reserve(self, snapshot: Snapshot, flavour: Flavour, allowed: frozenset[str] | None) -> Reservation:
+        """Quota, placement and VMID under one short lock; the caller persists the row outside it.
+
+        Reservations not committed yet are held in memory, so concurrent requests see each other's."""
+        with self._vmid_lock, self.db.session() as session:
+            used = session.scalar(select(func.count(Instance.id)).where(Instance.lifecycle.in_(ACTIVE_LIFECYCLES)))
+            if (used or 0) + len(self._inflight) >= self.settings.max_instances:
+                raise QuotaExceeded(f"the instance quota ({self.settings.max_instances}) is used up")
+            pending = self._reservations(session, snapshot) + list(self._inflight.values())
+            loads = node_loads(
+                snapshot,
+                pending,
+                self.settings.cpu_overcommit,
+                self.settings.memory_overcommit,
+                self.settings.node_allowlist,
+            )
+            try:
+                node = choose_node(loads, Request(flavour.cpus, flavour.ram_mb, allowed), self.settings.select_coeff)
+            except NoCapacity as exc:
+                raise NoCapacityError(str(exc)) from exc
+            vmid = self._next_vmid(session, snapshot)
+            reservation = Reservation(vmid, node, flavour.cpus, flavour.ram_mb)
+            self._inflight[vmid] = reservation
+            return reservation
 
     def flavour_or_unknown(self, flavour_id: str) -> Flavour:
         try:
@@ -376,7 +406,11 @@ class Provisioner:
             raise BackendUnavailable("Proxmox is unreachable or the cluster view is stale")
         return snapshot
 
-    def _fresh_snapshot(self) -> Snapshot:
+    def _current_snapshot(self) -> Snapshot:
+        """The background snapshot (reservations cover what it does not show yet); a read if it is stale."""
+        snapshot = self.cluster.snapshot()
+        if snapshot is not None:
+            return snapshot
         try:
             return self.cluster.fresh_snapshot()
         except ProxmoxUnavailable as exc:
@@ -409,11 +443,6 @@ class Provisioner:
                 keys.append(key)
         return keys
 
-    def _check_quota(self, session: Session) -> None:
-        used = session.scalar(select(func.count(Instance.id)).where(Instance.lifecycle.in_(ACTIVE_LIFECYCLES)))
-        if (used or 0) >= self.settings.max_instances:
-            raise QuotaExceeded(f"the instance quota ({self.settings.max_instances}) is used up")
-
     def _reservations(self, session: Session, snapshot: Snapshot) -> list[Reservation]:
         rows = session.execute(
             select(Instance.id, Instance.node, Instance.cores, Instance.memory_mb).where(
@@ -421,21 +450,6 @@ class Provisioner:
             )
         )
         return [Reservation(*row) for row in rows if row[0] not in snapshot.vms]
-
-    def _place(self, session: Session, snapshot: Snapshot, flavour: Flavour, template: Any, full_clone: bool) -> str:
-        loads = node_loads(
-            snapshot,
-            self._reservations(session, snapshot),
-            self.settings.cpu_overcommit,
-            self.settings.memory_overcommit,
-            self.settings.node_allowlist,
-        )
-        anywhere = self._clone_can_leave_node(snapshot, template, full_clone)
-        allowed = None if anywhere else frozenset({template.node})
-        try:
-            return choose_node(loads, Request(flavour.cpus, flavour.ram_mb, allowed), self.settings.select_coeff)
-        except NoCapacity as exc:
-            raise NoCapacityError(str(exc)) from exc
 
     def _clone_can_leave_node(self, snapshot: Snapshot, template: Any, full_clone: bool) -> bool:
         """PVE clones to another node only when the clone's disks go to shared storage."""
@@ -448,16 +462,20 @@ class Provisioner:
             raise BackendUnavailable("Proxmox is unreachable") from exc
         return bool(storages) and storages <= shared
 
-    def _reserve_vmid(self, session: Session, snapshot: Snapshot) -> int:
-        """The next free VMID after the highest we ever used, skipping ids Proxmox has; wraps around."""
+    def _next_vmid(self, session: Session, snapshot: Snapshot) -> int:
+        """The next free VMID after the last one handed out, skipping ids in use anywhere; wraps around."""
         low, high = self.settings.vmid_min, self.settings.vmid_max
-        taken = set(session.scalars(select(Instance.id).where(Instance.id.between(low, high))))
-        last = max(taken, default=low - 1)
+        if self._last_vmid is None:
+            self._last_vmid = session.scalar(select(func.max(Instance.id)).where(Instance.id.between(low, high))) or (
+                low - 1
+            )
         span = high - low + 1
         for step in range(1, span + 1):
-            candidate = low + (last - low + step) % span
-            if candidate not in taken and candidate not in snapshot.vms:
-                return candidate
+            candidate = low + (self._last_vmid - low + step) % span
+            if candidate in self._inflight or candidate in snapshot.vms or session.get(Instance, candidate):
+                continue
+            self._last_vmid = candidate
+            return candidate
         raise NoCapacityError("no free VMID left in the configured range")
 
     def _node_allowed(self, node: str) -> bool:

@@ -76,7 +76,6 @@ class PlaybookRun:
     timeout_s: int
     sink: EventSink
     group: str = "batch"
-    fast: bool = True  # run under Mitogen's strategy (warm interpreters: module calls cost ~4x less CPU)
     flush_every_s: float = 0.5
     _hosts: dict[str, HostOutcome] = field(default_factory=dict, init=False)
     _buffer: list[EventRecord] = field(default_factory=list, init=False)
@@ -128,8 +127,7 @@ class PlaybookRun:
         return {"all": {"children": {self.group: {"hosts": hosts}}}}
 
     def _environment(self) -> dict[str, str]:
-        env = mitogen_strategy() if self.fast else {}
-        env |= {
+        env = {
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
             "ANSIBLE_CONFIG": str(self.ansible_dir / "ansible.cfg"),
             "ANSIBLE_PIPELINING": "True",
@@ -224,16 +222,6 @@ class PlaybookRun:
         """Keep only the artifacts (stdout, status, rc); the inventory holds per-VM seed URLs."""
         for name in ("inventory", "env", "project"):
             shutil.rmtree(self.private_data_dir / name, ignore_errors=True)
-
-
-def mitogen_strategy() -> dict[str, str]:
-    """Environment selecting Mitogen's free strategy, or nothing when Mitogen is not installed."""
-    try:
-        import ansible_mitogen
-    except ImportError:
-        return {}
-    plugins = Path(ansible_mitogen.__file__).parent / "plugins" / "strategy"
-    return {"ANSIBLE_STRATEGY_PLUGINS": str(plugins), "ANSIBLE_STRATEGY": "mitogen_free"}
 
 
 def _failure_message(res: dict[str, Any]) -> str:
