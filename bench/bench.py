@@ -6,7 +6,8 @@ Starts the simulator and the service as separate processes (so the service's RSS
   1. one create alone, POST → ACTIVE (the in-run baseline: N creates one after another take N x this);
   2. N concurrent creates: POST latency p50/p99, time until all are ACTIVE, integrity (each VM carries
      its own request's name and metadata);
-  3. GET /api/instances at L instances vs. the reference's way of answering it (cluster/resources plus
+  3. GET /api/instances at L instances (the VMs beyond the created ones are running VISA VMs the simulator
+     starts with, which the service adopts) vs. the reference's way of answering it (cluster/resources plus
      one guest-agent call per VM), read directly from the same simulator; Proxmox reads per GET;
   4. peak RSS of the service process, and of its process tree (ansible-playbook and forks included).
 The reference provider's own figures (shared notes, reference-baseline.md, same simulator kind) are
@@ -62,7 +63,7 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 class Processes:
-    def __init__(self, workdir: Path, time_scale: float) -> None:
+    def __init__(self, workdir: Path, time_scale: float, running_vms: int) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
         self.sim_port = free_port()
         sim_dir = workdir / "simulator"
@@ -83,6 +84,12 @@ class Processes:
                 "0",
                 "--boot-secs",
                 "0",
+                "--running-vms",
+                str(running_vms),
+                "--node-cpus",
+                "128",
+                "--node-memory-gib",
+                "1024",
             ],
             cwd=ROOT,
             env=env,
@@ -227,6 +234,14 @@ def wait_active(client: httpx.Client, ids: list[str], started: float, timeout: f
     return time.perf_counter() - started
 
 
+def wait_listed(client: httpx.Client, count: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while len(client.get("/api/instances").json()) < count:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"fewer than {count} instances listed after {timeout} s")
+        time.sleep(1)
+
+
 def integrity(procs: Processes, created: dict[int, str]) -> int:
     """Instances whose VM name or seed metadata belongs to another request (must be 0)."""
     pve, crossed = procs.pve(), 0
@@ -268,7 +283,8 @@ def main() -> None:
     args = parser.parse_args()
     results: dict[str, Any] = {"creates": args.creates, "list_size": args.list}
     with tempfile.TemporaryDirectory(prefix="provisioner-bench-") as tmp:
-        procs = Processes(Path(tmp), args.time_scale)
+        adopted = max(0, args.list - 1 - args.creates)
+        procs = Processes(Path(tmp), args.time_scale, adopted)
         sampler = RssSampler(procs.service.pid)
         sampler.start()
         client = httpx.Client(base_url=procs.base, headers={"X-Auth-Token": TOKEN}, timeout=60)
@@ -290,10 +306,8 @@ def main() -> None:
             results["burst_active_s"] = wait_active(client, list(created.values()), started)
             results["crossed_data"] = integrity(procs, created)
 
-            extra = list(range(2000, 2000 + max(0, args.list - 1 - args.creates)))
-            for start_at in range(0, len(extra), 50):
-                more = asyncio.run(burst(procs.base, extra[start_at : start_at + 50]))
-                wait_active(client, [json.loads(t)["id"] for _, _, s, t in more if s == 201], time.perf_counter())
+            # The rest of the list: running VISA VMs the simulator started with, adopted by the reconciler.
+            wait_listed(client, args.list)
             listed = client.get("/api/instances").json()
             results["listed"] = len(listed)
             before = proxmox_reads(client)

@@ -759,6 +759,34 @@ def _add_template(sim: ClusterSimulator, spec: TemplateSpec) -> None:
     )
 
 
+def add_running_vms(sim: ClusterSimulator, count: int, first_vmid: int, prefix: str) -> list[int]:
+    """`count` running VMs named `<prefix>-<vmid>` and tagged `provisioner`, as if created long ago (their
+    disks are linked clones of template 9000); a provider that lost its database adopts them."""
+    made: list[int] = []
+    vmid = first_vmid
+    while len(made) < count:
+        if sim.vm(vmid) is None:
+            vm = sim.add_vm(
+                vmid,
+                f"{prefix}-{vmid}",
+                node=NODES[vmid % len(NODES)],
+                status="running",
+                config={
+                    "scsi0": f"{CEPH_STORAGE}:base-9000-disk-0/vm-{vmid}-disk-0,size=20G",
+                    "net0": f"virtio={vmid_mac(vmid).upper()},bridge=vmbr0,firewall=1",
+                    "agent": "enabled=1",
+                    "cores": 2,
+                    "memory": 4096,
+                    "ostype": "l26",
+                    "tags": "provisioner",
+                },
+            )
+            vm.started_at = time.time() - 3600
+            made.append(vmid)
+        vmid += 1
+    return made
+
+
 # ------------------------------------------------------------------------------------------------ serving
 
 
@@ -889,7 +917,19 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--start-secs", type=float, default=2.0)
     parser.add_argument("--boot-secs", type=float, default=20.0)
     parser.add_argument("--no-seed", action="store_true", help="an empty cluster (one node, no templates)")
+    parser.add_argument(
+        "--running-vms",
+        type=int,
+        default=0,
+        help="add this many running VISA-INSTANCE-<vmid> VMs (vmid 190000 up) to be adopted",
+    )
+    parser.add_argument("--node-cpus", type=int, default=32)
+    parser.add_argument("--node-memory-gib", type=int, default=128)
     return parser.parse_args(argv)
+
+
+async def _add_running(sim: ClusterSimulator, count: int) -> None:
+    add_running_vms(sim, count, 190000, "VISA-INSTANCE")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -909,7 +949,11 @@ def main(argv: list[str] | None = None) -> int:
         args.start_secs,
         args.boot_secs,
         seed=not args.no_seed,
+        node_cpus=args.node_cpus,
+        node_memory_gib=args.node_memory_gib,
     )
+    if args.running_vms:
+        handle.call(_add_running(handle.sim, args.running_vms))
     sys.stdout.write(
         f"simulator ready\nurl: {handle.url}\nca: {handle.cafile}\ntoken id: {handle.token_id}\n"
         f"token secret file: {handle.token_file}\n"
