@@ -236,8 +236,18 @@ class Provisioner:
     # ------------------------------------------------------------- mutations
 
     def delete(self, instance_id: str) -> Job:
+        """Queue the deletion; asking again while one is queued returns it, after a failed one retries."""
         with self.db.session() as session:
-            instance = self._live_instance(session, instance_id)
+            instance = self._instance(session, instance_id, allow_deleting=True)
+            open_delete = session.scalar(
+                select(Job).where(
+                    Job.instance_id == instance.id,
+                    Job.kind == JobKind.DELETE,
+                    Job.state.in_((JobState.PENDING, JobState.RUNNING)),
+                )
+            )
+            if open_delete is not None:
+                return open_delete
             for job in session.scalars(
                 select(Job).where(Job.instance_id == instance.id, Job.state == JobState.PENDING)
             ):
@@ -272,9 +282,8 @@ class Provisioner:
             if wanted == current:
                 return None
             instance.security_groups = wanted
-            job = None
-            if instance.lifecycle != Lifecycle.BUILDING:  # a running create applies the list itself
-                job = self._enqueue(session, instance, JobKind.FIREWALL, {"add": add, "remove": remove})
+            # Queued behind a create that may already be running with the old list; idempotent either way.
+            job = self._enqueue(session, instance, JobKind.FIREWALL, {"add": add, "remove": remove})
         self._notify()
         return job
 
@@ -385,9 +394,13 @@ class Provisioner:
             self.executor.notify()
 
     def _live_instance(self, session: Session, instance_id: str) -> Instance:
+        return self._instance(session, instance_id, allow_deleting=False)
+
+    def _instance(self, session: Session, instance_id: str, allow_deleting: bool) -> Instance:
         vmid = _as_vmid(instance_id)
         instance = session.get(Instance, vmid) if vmid is not None else None
-        if instance is None or instance.lifecycle in (Lifecycle.DELETED, Lifecycle.DELETING):
+        gone = (Lifecycle.DELETED,) if allow_deleting else (Lifecycle.DELETED, Lifecycle.DELETING)
+        if instance is None or instance.lifecycle in gone:
             raise NotFound(f"instance {instance_id!r} does not exist")
         return instance
 

@@ -232,3 +232,28 @@ def test_get_instance_never_answers_5xx_when_our_store_fails(service: LiveServic
     response = service.client.get("/api/instances/100042")
     assert response.status_code == 200
     assert response.json()["state"] == "UNKNOWN" and response.json()["id"] == "100042"
+
+
+def _jobs(service: LiveService, instance_id: str) -> list[dict]:
+    return service.client.get("/v1/jobs", params={"instance_id": instance_id}).json()
+
+
+def test_a_repeated_delete_is_accepted_once(service: LiveService):
+    instance_id = service.client.post("/api/instances", json=visa_body(name="VISA-INSTANCE-30")).json()["id"]
+    assert service.client.delete(f"/api/instances/{instance_id}").status_code == 200
+    assert service.client.delete(f"/api/instances/{instance_id}").status_code == 200
+    assert service.instance(instance_id)["state"] == "DELETED"
+    deletes = [j for j in _jobs(service, instance_id) if j["kind"] == "delete"]
+    assert len(deletes) == 1
+    assert service.client.post(f"/api/instances/{instance_id}/start").status_code == 404
+
+
+def test_group_changes_while_building_are_queued_behind_the_create(service: LiveService):
+    instance_id = service.client.post("/api/instances", json=visa_body(name="VISA-INSTANCE-31")).json()["id"]
+    path = f"/api/instances/{instance_id}/security_groups"
+    assert service.client.post(path, json={"name": "web"}).status_code == 200
+    assert service.client.get(path).json() == ["default", "web"]
+    kinds = [j["kind"] for j in sorted(_jobs(service, instance_id), key=lambda j: j["created_at"])]
+    assert kinds == ["create", "firewall"]
+    assert service.client.post(path, json={"name": "web"}).status_code == 200  # already there: nothing queued
+    assert len(_jobs(service, instance_id)) == 2
