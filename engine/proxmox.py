@@ -187,7 +187,6 @@ class ClusterView:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.requests = 0  # Proxmox requests made by reads (observable in tests and /metrics)
         self.last_error: str | None = None
 
     # --- lifecycle
@@ -219,7 +218,6 @@ class ClusterView:
     # --- reads
 
     def _count(self) -> None:
-        self.requests += 1
         PROXMOX_READS.inc()
 
     def refresh(self) -> Snapshot:

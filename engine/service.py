@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine import cloudinit
@@ -504,6 +503,3 @@ def _as_vmid(value: str | int) -> int | None:
 
 def _unique(items: list[str]) -> list[str]:
     return list(dict.fromkeys(items))
-
-
-__all__ = ["CreateRequest", "InstanceView", "IntegrityError", "Provisioner"]

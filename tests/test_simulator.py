@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import os
 import signal
 import socket
@@ -36,6 +37,7 @@ from engine.simulator import (
     seed_cluster,
     start_simulator,
 )
+from tests.conftest import wait_for as conftest_wait_for
 
 GIB = 1024**3
 Serve = Callable[..., SimulatorHandle]
@@ -73,16 +75,8 @@ def client(handle: SimulatorHandle) -> ProxmoxAPI:
     )
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 5.0) -> Any:
-    """Poll check() until it returns something truthy; its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {check}")
-        time.sleep(0.02)
+# The simulator answers fast: poll often, give up soon.
+wait_for = functools.partial(conftest_wait_for, timeout=5.0, interval=0.02)
 
 
 def task_done(api: ProxmoxAPI, node: str, upid: str) -> dict[str, Any]:
