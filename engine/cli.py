@@ -12,7 +12,9 @@ from pathlib import Path
 import uvicorn
 from pydantic import ValidationError
 
-from engine.flavours import FlavourFileError, read_flavour_file
+from engine.db import Database
+from engine.flavours import FlavourFileError, FlavourSpec, list_flavours, read_flavour_file, upsert_flavour
+from engine.models import Flavour
 from engine.settings import REFERENCE, Settings
 from engine.sshkeys import InvalidSSHKey
 
@@ -77,6 +79,53 @@ def run(args: argparse.Namespace) -> None:
     )
 
 
+def _database() -> Database:
+    """The service's database, migrated; the flavour commands serve nothing, so no token is needed."""
+    settings = Settings(insecure_no_auth=True)  # type: ignore[call-arg]
+    database = Database(settings.db_url)
+    database.migrate()
+    return database
+
+
+def flavours(args: argparse.Namespace) -> None:
+    database = _database()
+    try:
+        with database.session() as session:
+            if args.action == "set":
+                try:
+                    spec = FlavourSpec(
+                        id=args.id,
+                        name=args.name,
+                        cpus=args.cpus,
+                        ram_mb=args.ram_mb,
+                        disk_gb=args.disk_gb,
+                        full_clone=args.full_clone,
+                    )
+                except ValidationError as exc:
+                    raise SystemExit(
+                        f"invalid flavour: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}"
+                    ) from None
+                upsert_flavour(session, spec)
+            elif args.action == "delete":
+                row = session.get(Flavour, args.id)
+                if row is None:
+                    raise SystemExit(f"no flavour {args.id!r}")
+                session.delete(row)
+            elif args.action == "import":
+                try:
+                    specs = read_flavour_file(Path(args.file))
+                except FlavourFileError as exc:
+                    raise SystemExit(str(exc)) from None
+                for spec in specs:
+                    upsert_flavour(session, spec)
+            session.flush()
+            for row in list_flavours(session):
+                clone = "" if row.full_clone is None else (" full" if row.full_clone else " linked")
+                print(f"{row.id:<16} {row.cpus:>4} vCPU {row.ram_mb:>7} MB {row.disk_gb:>5} GB{clone}  {row.name}")
+    finally:
+        database.dispose()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="provisioner", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,6 +136,21 @@ def main(argv: list[str] | None = None) -> None:
         help="without a configured token, make one in the state directory and print it",
     )
     run_parser.set_defaults(func=run)
+    flavour_parser = sub.add_parser("flavours", help="list, set, delete or import flavours (the service's database)")
+    actions = flavour_parser.add_subparsers(dest="action")
+    set_parser = actions.add_parser("set", help="create or replace a flavour")
+    set_parser.add_argument("id")
+    set_parser.add_argument("--name", required=True)
+    set_parser.add_argument("--cpus", type=int, required=True)
+    set_parser.add_argument("--ram-mb", type=int, required=True)
+    set_parser.add_argument("--disk-gb", type=int, required=True)
+    clone = set_parser.add_mutually_exclusive_group()
+    clone.add_argument("--full-clone", dest="full_clone", action="store_true", default=None)
+    clone.add_argument("--linked-clone", dest="full_clone", action="store_false")
+    actions.add_parser("delete", help="remove a flavour").add_argument("id")
+    actions.add_parser("import", help="create or replace the flavours of a YAML file").add_argument("file")
+    actions.add_parser("list", help="list the flavours")
+    flavour_parser.set_defaults(func=flavours, action="list")
     args = parser.parse_args(argv)
     args.func(args)
 

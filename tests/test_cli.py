@@ -74,3 +74,31 @@ def test_bad_configuration_stops_the_service_with_a_clear_message(tmp_path: Path
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_flavour_cli_sets_lists_imports_and_deletes(tmp_path: Path):
+    env = {**CLEAN, "PROVISIONER_STATE_DIR": str(tmp_path)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "engine.cli", "flavours", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=Path(__file__).parents[1],
+        )
+
+    done = cli(
+        "set", "gpu", "--name", "GPU node", "--cpus", "8", "--ram-mb", "65536", "--disk-gb", "100", "--linked-clone"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "gpu" in done.stdout and "65536 MB" in done.stdout and "linked" in done.stdout
+    bad = cli("set", "bad", "--name", "x", "--cpus", "0", "--ram-mb", "1024", "--disk-gb", "1")
+    assert bad.returncode != 0 and "cpus" in bad.stderr
+    shipped = Path(__file__).parents[1] / "engine" / "defaults" / "flavours.yml"
+    listed = cli("import", str(shipped)).stdout
+    assert "small" in listed and "gpu" in listed
+    assert "gpu" not in cli("delete", "gpu").stdout
+    assert cli("delete", "gpu").returncode != 0
+    assert "small" in cli("list").stdout
