@@ -102,3 +102,50 @@ def test_flavour_cli_sets_lists_imports_and_deletes(tmp_path: Path):
     assert "gpu" not in cli("delete", "gpu").stdout
     assert cli("delete", "gpu").returncode != 0
     assert "small" in cli("list").stdout
+
+
+def test_the_service_uses_a_configured_proxmox_endpoint(tmp_path: Path, simulator):
+    import socket
+
+    import httpx
+
+    from tests.conftest import wait_for
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **CLEAN,
+        "PROVISIONER_STATE_DIR": str(tmp_path),
+        "VISA_WEB_PROVIDER_PROXMOX_SERVER_AUTH_TOKEN": "site-token-123",
+        "VISA_WEB_PROVIDER_PROXMOX_SERVER_PORT": str(port),
+        "VISA_WEB_PROVIDER_PROXMOX_ENDPOINT": f"https://{simulator.host}:{simulator.port}/api2/json/",
+        "VISA_WEB_PROVIDER_PROXMOX_USER": simulator.token_id,
+        "VISA_WEB_PROVIDER_PROXMOX_PASSWORD": simulator.token_secret,
+        "PROVISIONER_PROXMOX_CA_FILE": str(simulator.cafile),
+    }
+    service = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "run"],
+        env=env,
+        cwd=Path(__file__).parents[1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"X-Auth-Token": "site-token-123"})
+
+        def images() -> list | None:
+            try:
+                response = client.get("/api/images")
+            except httpx.HTTPError:
+                return None
+            return response.json() if response.status_code == 200 else None
+
+        assert {i["id"] for i in wait_for(images, timeout=60, what="the service")} == {"9000", "9001"}
+        assert not (tmp_path / "simulator").exists(), "no embedded simulator when an endpoint is configured"
+    finally:
+        service.terminate()
+        output = service.communicate(timeout=30)[0]
+    assert simulator.token_secret not in output
+    assert "site-token-123" not in output
