@@ -385,7 +385,6 @@ class Provisioner:
             max_attempts=max_attempts,
         )
         session.add(job)
-        session.flush()
         return job
 
     def _notify(self) -> None:
