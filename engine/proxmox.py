@@ -46,6 +46,7 @@ class ProxmoxConnection:
     def ansible_env(self) -> dict[str, str]:
         """The PROXMOX_* environment community.proxmox modules read their connection from."""
         env = {
+            "PROXMOX_URL": f"https://{self.host}:{self.port}",  # the inventory plugin's name for the endpoint
             "PROXMOX_HOST": self.host,
             "PROXMOX_PORT": str(self.port),
             "PROXMOX_VALIDATE_CERTS": "true" if self.verify else "false",
