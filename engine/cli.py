@@ -13,6 +13,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from engine.db import Database
+from engine.files import write_private
 from engine.flavours import FlavourFileError, FlavourSpec, list_flavours, read_flavour_file, upsert_flavour
 from engine.models import Flavour
 from engine.settings import REFERENCE, Settings
@@ -26,9 +27,7 @@ def _dev_token(state_dir: Path) -> str:
         return path.read_text(encoding="utf-8").strip()
     state_dir.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(token + "\n")
+    write_private(path, token + "\n")
     return token
 
 

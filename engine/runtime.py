@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import shlex
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +13,7 @@ from fastapi import FastAPI
 
 from api import operator, seed
 from engine.db import Database
+from engine.files import write_private
 from engine.flavours import seed_flavours
 from engine.jobs.executor import Executor, ExecutorConfig
 from engine.proxmox import ClusterView, ProxmoxConnection
@@ -118,10 +118,8 @@ class Runtime:
 
 def write_env_file(path: Path, env: dict[str, str]) -> None:
     """The PROXMOX_* settings for running the playbooks by hand against the embedded simulator (mode 0600)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write("# written by `make run`; use with: set -a; . .run/proxmox.env; set +a\n")
-        out.writelines(f"{key}={shlex.quote(value)}\n" for key, value in sorted(env.items()))
+    lines = [f"{key}={shlex.quote(value)}\n" for key, value in sorted(env.items())]
+    write_private(path, "# written by `make run`; use with: set -a; . .run/proxmox.env; set +a\n" + "".join(lines))
 
 
 def create_app(runtime: Runtime) -> FastAPI:

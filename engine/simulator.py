@@ -47,6 +47,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from fakepve import FakePve, FakeVm, PveError, TaskError, settle
 from fakepve.certs import make_cert
 
+from engine.files import write_private
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -857,13 +859,6 @@ async def _cancel_pending() -> None:
     await asyncio.gather(*pending, return_exceptions=True)
 
 
-def _write_secret(path: Path, secret: str) -> None:
-    """The token secret, readable by the owner only whatever the umask."""
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
-        os.chmod(path, 0o600)
-        out.write(secret + "\n")
-
-
 def start_simulator(
     state_dir: str | os.PathLike[str],
     host: str = "127.0.0.1",
@@ -894,7 +889,7 @@ def start_simulator(
     secret = secrets.token_urlsafe(32)
     sim.apitokens[TOKEN_ID] = secret
     token_file = state / "token"
-    _write_secret(token_file, secret)
+    write_private(token_file, secret + "\n")
     handle = SimulatorHandle(sim, certfile, secret, str(token_file))
     try:
         handle.call(sim.start(certfile, keyfile))

@@ -229,3 +229,17 @@ def test_disk_storages_and_guest_addresses():
     ]
     assert first_global_ipv4(interfaces) == "10.1.2.3"
     assert first_global_ipv4([]) is None
+
+
+def test_write_private_tightens_an_existing_file(tmp_path: Path):
+    import os
+    import stat
+
+    from engine.files import write_private
+
+    path = tmp_path / "secret"
+    path.write_text("old", encoding="utf-8")
+    path.chmod(0o644)
+    write_private(path, "new\n")
+    assert path.read_text(encoding="utf-8") == "new\n"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600

@@ -322,7 +322,7 @@ class Executor:
         elif outcome.status == "canceled":
             job.state = JobState.CANCELED
             job.error = host.error
-        elif job.attempts < job.max_attempts and outcome.status != "canceled":
+        elif job.attempts < job.max_attempts:
             job.state = JobState.PENDING
             job.run_id = None
             job.error = host.error
