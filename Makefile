@@ -25,8 +25,8 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check engine web_provider api tests bench
-	$(BIN)/ruff format --check engine web_provider api tests bench
+	$(BIN)/ruff check engine web_provider api tests bench collections
+	$(BIN)/ruff format --check engine web_provider api tests bench collections
 	$(BIN)/ansible-lint --profile production playbooks roles
 
 bench: $(STAMP)

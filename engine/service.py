@@ -31,7 +31,7 @@ from engine.errors import (
 )
 from engine.flavours import list_flavours
 from engine.jobs.executor import Executor
-from engine.jobs.runner import ADDRESS_FACT, HostOutcome
+from engine.jobs.runner import ADDRESS, HostOutcome
 from engine.models import Flavour, Instance, Job, JobKind, JobState, Lifecycle, utcnow
 from engine.naming import hostname, vm_name
 from engine.placement import NoCapacity, Request, Reservation, choose_node, node_loads
@@ -354,7 +354,7 @@ class Provisioner:
 
     def on_outcome(self, session: Session, job: Job, instance: Instance, outcome: HostOutcome) -> None:
         """Apply a finished job's result to its instance."""
-        address = outcome.facts.get(ADDRESS_FACT)
+        address = outcome.facts.get(ADDRESS)
         if address:
             instance.address = address
         kind = JobKind(job.kind)

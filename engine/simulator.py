@@ -687,11 +687,12 @@ class TemplateSpec:
     name: str
     node: str
     disk_bytes: int
+    cloud_init_drive: bool = False  # a Proxmox cloud-init drive (ide2), as many sites' templates carry
 
 
 TEMPLATES = (
     TemplateSpec(9000, "debian-12-cloud", "pve1", 3 * GIB),
-    TemplateSpec(9001, "ubuntu-24.04-cloud", "pve2", 3584 * MIB),
+    TemplateSpec(9001, "ubuntu-24.04-cloud", "pve2", 3584 * MIB, cloud_init_drive=True),
 )
 SECURITY_GROUPS: dict[str, tuple[str, list[dict[str, Any]]]] = {
     "default": ("Baseline for every VM: ping", [{"type": "in", "action": "ACCEPT", "macro": "Ping", "enable": 1}]),
@@ -757,6 +758,7 @@ def _add_template(sim: ClusterSimulator, spec: TemplateSpec) -> None:
             "memory": 1024,
             "template": 1,
             "smbios1": f"uuid={uuid.uuid4()}",
+            **({"ide2": f"{CEPH_STORAGE}:base-{spec.vmid}-cloudinit,media=cdrom"} if spec.cloud_init_drive else {}),
         },
     )
 

@@ -22,6 +22,7 @@ TOKEN = "test-visa-token-0123456789"
 SITE_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHVmPnHqL3iOx0hB3fm4tJq0pS0KyfHlLQ0n8Qd3JYJb site@example.org"
 USER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBfw4Zz7wqdTd6a6cvSfbDX0Qf3u4s0aS2xUwW3Sb3cV user@example.org"
 MUTATING = ("POST", "PUT", "DELETE")
+ROOT = Path(__file__).parents[1]
 
 # The machines export a system CA bundle that requests would prefer over our explicit verify settings.
 for _name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
@@ -121,6 +122,14 @@ def service(tmp_path_factory: pytest.TempPathFactory, simulator: Any) -> Iterato
     live = start_service(tmp_path_factory.mktemp("service"), simulator)
     yield live
     live.stop()
+
+
+def ansible_env(simulator: Any) -> dict[str, str]:
+    """The environment an operator runs ansible with against the simulator (docs/contract.md section 1)."""
+    connection = ProxmoxConnection(
+        simulator.host, simulator.port, simulator.token_id, simulator.token_secret, 10, str(simulator.cafile)
+    )
+    return {**os.environ, **connection.ansible_env(), "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")}
 
 
 def mutations(simulator: Any, since: int = 0) -> list[tuple[str, str]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -11,18 +10,14 @@ from typing import Any
 
 import pytest
 
-from engine.proxmox import ProxmoxConnection
+from tests.conftest import ROOT, ansible_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ansible")]
-ROOT = Path(__file__).parents[1]
 FLEET = {4301: ("web-1", 2, 2048), 4302: ("web-2", 2, 2048), 4303: ("db-1", 4, 8192)}
 
 
 def playbook(simulator: Any, name: str, *args: str) -> subprocess.CompletedProcess[str]:
-    connection = ProxmoxConnection(
-        simulator.host, simulator.port, simulator.token_id, simulator.token_secret, 10, str(simulator.cafile)
-    )
-    env = {**os.environ, **connection.ansible_env(), "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")}
+    env = ansible_env(simulator)
     binary = Path(sys.executable).parent / "ansible-playbook"
     command = [str(binary), "-i", "inventory/hosts.yml", f"playbooks/{name}", *args]
     return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -56,5 +51,5 @@ def test_bad_input_fails_before_any_change(simulator: Any):
     before = len(simulator.sim.requests)
     result = playbook(simulator, "create.yml", "-e", "@examples/vm.yml", "-e", "vm_cores=0")
     assert result.returncode != 0
-    assert "proxmox_vm_cores must be at least 1" in result.stdout
+    assert "cores must be at least 1 (got 0)" in result.stdout
     assert [r for r in list(simulator.sim.requests)[before:] if r[0] in ("POST", "PUT", "DELETE")] == []

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from engine.db import Database
 from engine.jobs.redact import Redactor
-from engine.jobs.runner import ADDRESS_FACT, EventRecord, HostOutcome, PlaybookRun, RunOutcome
+from engine.jobs.runner import ADDRESS, EventRecord, HostOutcome, PlaybookRun, RunOutcome
 from engine.metrics import BATCH_SIZE, JOBS_FINISHED, RUN_SECONDS
 from engine.models import Instance, Job, JobEvent, JobKind, JobState, utcnow
 
@@ -314,7 +314,7 @@ class Executor:
             "run_status": outcome.status,
             "rc": outcome.rc,
             "changed": host.changed,
-            **({"address": host.facts[ADDRESS_FACT]} if ADDRESS_FACT in host.facts else {}),
+            **({"address": host.facts[ADDRESS]} if ADDRESS in host.facts else {}),
         }
         if host.ok:
             job.state = JobState.SUCCESSFUL

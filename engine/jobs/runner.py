@@ -27,7 +27,9 @@ from engine.jobs.redact import Redactor
 log = logging.getLogger(__name__)
 
 ADDRESS_TASK = "Record the guest address"
-ADDRESS_FACT = "proxmox_vm_power_address"
+# The fact that task sets: proxmox_vm's in create.yml, proxmox_vm_power's in start.yml and reboot.yml.
+ADDRESS_FACTS = ("proxmox_vm_address", "proxmox_vm_power_address")
+ADDRESS = "address"
 STDOUT_LIMIT = 4000
 FAILED_EVENTS = ("runner_on_failed", "runner_on_unreachable", "runner_item_on_failed")
 
@@ -168,9 +170,10 @@ class PlaybookRun:
             if res.get("changed"):
                 outcome.changed = True
             if name == "runner_on_ok" and data.get("task") == ADDRESS_TASK:
-                address = (res.get("ansible_facts") or {}).get(ADDRESS_FACT)
+                facts = res.get("ansible_facts") or {}
+                address = next((facts[key] for key in ADDRESS_FACTS if facts.get(key)), None)
                 if address:
-                    outcome.facts[ADDRESS_FACT] = str(address)
+                    outcome.facts[ADDRESS] = str(address)
             if name in FAILED_EVENTS and not data.get("ignore_errors"):
                 outcome.ok = False
                 outcome.failed_task = data.get("task")

@@ -1,0 +1,279 @@
+"""provisioner.proxmox.vm: its decisions (pure functions) and its behaviour against the simulator."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import MUTATING, ROOT, ansible_env
+
+sys.path.insert(0, str(ROOT / "collections"))
+from ansible_collections.provisioner.proxmox.plugins.modules import vm as vm_module
+
+SEED = "http://127.0.0.1:4000/seed/s3cr3t-seed-token-for-tests/"
+SERIAL = base64.b64encode(f"ds=nocloud-net;s={SEED}".encode()).decode()
+SPEC = {
+    "name": "module-test",
+    "node": "pve2",
+    "template_vmid": 9001,
+    "template_node": "pve2",
+    "cores": 2,
+    "memory_mb": 2048,
+    "disk_gb": 10,
+    "tags": ["provisioner", "test"],
+    "description": "managed-by=tests",
+    "cloud_init_seed_url": SEED,
+    "firewall_groups": ["ssh", "web"],
+    "state": "started",
+    "wait_for_address": True,
+}
+
+
+# --------------------------------------------------------------------------------------- decisions
+
+
+def params(**overrides: Any) -> dict[str, Any]:
+    values = dict.fromkeys(("name", "template_vmid", "template_node", "cores", "memory_mb", "disk_gb", "tags"))
+    values.update(
+        vmid=4600,
+        node="pve1",
+        disk="scsi0",
+        description=None,
+        agent=True,
+        cloud_init_seed_url=None,
+        remove_cloud_init_drives=False,
+        firewall_groups=[],
+        firewall_groups_absent=[],
+        state="present",
+        wait_for_address=False,
+    )
+    values.update(overrides)
+    return values
+
+
+def test_input_problems_name_every_bad_value_at_once():
+    problems = vm_module.input_problems(
+        params(vmid=99, name="bad_name", cores=0, memory_mb=8, disk_gb=0, disk="hda", cloud_init_seed_url="ftp://x")
+    )
+    assert problems == [
+        "vmid must be between 100 and 999999999 (got 99)",
+        "name 'bad_name' is not a valid DNS name",
+        "cores must be at least 1 (got 0)",
+        "memory_mb must be at least 16 (got 8)",
+        "disk_gb must be at least 1 (got 0)",
+        "disk 'hda' is not a disk key such as scsi0",
+        "cloud_init_seed_url must be an http(s) URL ending in '/' without ';', ',' or spaces",
+    ]
+    assert vm_module.input_problems(params(firewall_groups=["ssh"], firewall_groups_absent=["ssh"])) == [
+        "groups both wanted and unwanted: ssh"
+    ]
+    assert vm_module.input_problems(params(name="VISA-INSTANCE-42", cores=1, memory_mb=16, disk_gb=1)) == []
+
+
+def test_cluster_problems_refuse_foreign_vmids_and_wrong_templates():
+    nodes = {"pve1": {"status": "online"}, "pve2": {"status": "offline"}}
+    guests = {
+        4600: {"vmid": 4600, "type": "lxc", "name": "ct", "node": "pve1"},
+        9000: {"vmid": 9000, "type": "qemu", "name": "tpl", "node": "pve1", "template": 1},
+        9100: {"vmid": 9100, "type": "qemu", "name": "plain", "node": "pve1"},
+    }
+    taken = vm_module.cluster_problems(params(name="mine"), guests, nodes, [])
+    assert taken == ["VMID 4600 is taken by lxc 'ct' on node pve1, not by VM 'mine' on node pve1; refusing to adopt it"]
+    fresh = params(vmid=4601, name="mine", template_vmid=9100, template_node="pve1", node="pve2")
+    assert vm_module.cluster_problems(fresh, guests, nodes, ["ssh"]) == [
+        "node pve2 is not online (status offline)",
+        "guest 9100 (plain) is not a QEMU template",
+    ]
+    elsewhere = params(vmid=4601, name="mine", template_vmid=9000, template_node="pve2", firewall_groups=["db", "x"])
+    assert vm_module.cluster_problems(elsewhere, guests, nodes, ["ssh"]) == [
+        "template 9000 is on node pve1, not on pve2",
+        "unknown firewall security groups db, x (the cluster has: ssh)",
+    ]
+    assert vm_module.cluster_problems(params(vmid=4601, node="pve9"), guests, nodes, [])[0].startswith(
+        "node 'pve9' is not a node of the cluster (nodes: pve1, pve2)"
+    )
+
+
+def test_config_changes_send_only_what_differs():
+    config = {
+        "name": "module-test",
+        "cores": 2,
+        "memory": "1024",
+        "tags": "test;provisioner",
+        "agent": "0,fstrim_cloned_disks=1",
+        "smbios1": "uuid=abcd",
+        "ide2": "ceph-vm:vm-4600-cloudinit,media=cdrom",
+        "ide0": "none,media=cdrom",
+        "scsi0": "ceph-vm:vm-4600-disk-0,size=3G",
+    }
+    p = params(name="module-test", cores=2, memory_mb=2048, tags=["provisioner", "test"], remove_cloud_init_drives=True)
+    updates, deletes = vm_module.config_changes(p, config, "c2VyaWFs")
+    assert updates == {
+        "memory": 2048,
+        "agent": "enabled=1,fstrim_cloned_disks=1",
+        "smbios1": "base64=1,serial=c2VyaWFs,uuid=abcd",
+    }
+    assert deletes == ["ide2"]
+    converged = dict(config, memory="2048", agent="enabled=1", smbios1="base64=1,serial=c2VyaWFs,uuid=abcd")
+    del converged["ide2"]
+    assert vm_module.config_changes(p, converged, "c2VyaWFs") == ({}, [])
+
+
+def test_disk_sizes_are_compared_in_bytes():
+    assert vm_module.disk_bytes("ceph-vm:vm-1-disk-0,size=3584M") == 3584 << 20
+    assert vm_module.disk_bytes("local:vm-1-disk-0,cache=none,size=8G,ssd=1") == 8 << 30
+    assert vm_module.disk_bytes("local:vm-1-disk-0") == -1
+    assert vm_module.size_label(3584 << 20) == "3584M"
+
+
+def test_firewall_plan_enables_adds_and_deletes_group_rules_only():
+    rules = [
+        {"pos": 0, "type": "in", "action": "ACCEPT", "enable": 1},
+        {"pos": 1, "type": "group", "action": "ssh", "enable": 0},
+        {"pos": 2, "type": "group", "action": "default", "enable": 1},
+        {"pos": 3, "type": "group", "action": "old", "enable": 1},
+        {"pos": 4, "type": "group", "action": "old"},
+    ]
+    assert vm_module.firewall_plan(rules, ["ssh", "default", "web", "web"], ["old"]) == (["web"], [1], [4, 3])
+    assert vm_module.firewall_plan(rules, ["default"], []) == ([], [], [])
+
+
+def test_first_ipv4_skips_loopback_and_link_local():
+    interfaces = [
+        {"name": "lo", "ip-addresses": [{"ip-address-type": "ipv4", "ip-address": "127.0.0.1"}]},
+        {
+            "name": "eth0",
+            "ip-addresses": [
+                {"ip-address-type": "ipv6", "ip-address": "fe80::1"},
+                {"ip-address-type": "ipv4", "ip-address": "169.254.3.4"},
+                {"ip-address-type": "ipv4", "ip-address": "10.1.2.3"},
+            ],
+        },
+    ]
+    assert vm_module.first_ipv4(interfaces) == "10.1.2.3"
+    assert vm_module.first_ipv4([]) is None
+
+
+# --------------------------------------------------------------------------- against the simulator
+
+
+def run_module(simulator: Any, *flags: str, **args: Any) -> tuple[dict[str, Any], str]:
+    """One ad-hoc run of the module (json callback); returns its result and the raw output."""
+    env = {**ansible_env(simulator), "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1", "ANSIBLE_STDOUT_CALLBACK": "json"}
+    binary = Path(sys.executable).parent / "ansible"
+    command = [str(binary), "localhost", "-m", "provisioner.proxmox.vm", "-a", json.dumps(args), *flags]
+    command += ["-e", f"ansible_python_interpreter={sys.executable}"]
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    result = json.loads(done.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    return result, output
+
+
+def mutations_since(simulator: Any, since: int) -> list[tuple[str, str]]:
+    return [(m, p) for m, p, _ in list(simulator.sim.requests)[since:] if m in MUTATING]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ansible")
+class TestAgainstTheSimulator:
+    def test_check_mode_on_a_new_vm_plans_everything_and_changes_nothing(self, simulator: Any):
+        before = len(simulator.sim.requests)
+        result, output = run_module(simulator, "--check", vmid=4610, **SPEC)
+        assert result["changed"] is True and result["status"] == "absent"
+        assert result["changes"] == [
+            "clone template 9001 on pve2 to pve2",
+            "set name, cores, memory_mb, tags, description, smbios1",
+            "grow scsi0 to 10G if smaller",
+            "add firewall groups ssh, web",
+            "start",
+        ]
+        assert mutations_since(simulator, before) == []
+        assert simulator.sim.vm(4610) is None
+        assert SEED not in output and SERIAL not in output
+
+    def test_create_converges_everything_in_one_call_then_is_idempotent(self, simulator: Any):
+        before = len(simulator.sim.requests)
+        result, output = run_module(simulator, vmid=4611, **SPEC)
+        assert result.get("failed") is not True, result
+        assert result["changed"] is True and result["status"] == "running" and result["address"]
+        assert result["changes"] == [
+            "clone template 9001 on pve2 to pve2",
+            "set cores, description, memory, smbios1, tags; delete the cloud-init drive ide2",
+            "grow scsi0 from 3584M to 10G",
+            "add firewall groups ssh, web",
+            "start",
+        ]
+        assert SEED not in output and SERIAL not in output
+        assert mutations_since(simulator, before) == [
+            ("POST", "/api2/json/nodes/pve2/qemu/9001/clone"),
+            ("PUT", "/api2/json/nodes/pve2/qemu/4611/config"),
+            ("PUT", "/api2/json/nodes/pve2/qemu/4611/resize"),
+            ("POST", "/api2/json/nodes/pve2/qemu/4611/firewall/rules"),
+            ("POST", "/api2/json/nodes/pve2/qemu/4611/firewall/rules"),
+            ("POST", "/api2/json/nodes/pve2/qemu/4611/status/start"),
+        ]
+        vm = simulator.sim.vm(4611)
+        assert vm.status == "running" and "ide2" not in vm.config
+        assert f"serial={SERIAL}" in vm.config["smbios1"] and "uuid=" in vm.config["smbios1"]
+        rules = simulator.sim.firewall_config("vm", vmid=4611)["rules"]
+        assert [(r["type"], r["action"]) for r in rules] == [("group", "ssh"), ("group", "web")]
+
+        again_from = len(simulator.sim.requests)
+        again, _ = run_module(simulator, vmid=4611, **SPEC)
+        assert again["changed"] is False and again["changes"] == [] and again["address"] == result["address"]
+        assert mutations_since(simulator, again_from) == []
+
+    def test_bad_input_fails_with_every_problem_and_changes_nothing(self, simulator: Any):
+        before = len(simulator.sim.requests)
+        bad = dict(SPEC, cores=0, template_vmid=9000, firewall_groups=["ssh", "nope"])
+        result, _ = run_module(simulator, vmid=4612, **bad)
+        assert result["failed"] is True
+        assert result["msg"] == ("VM 4612: cores must be at least 1 (got 0)"), (
+            "input problems are reported before the cluster is asked"
+        )
+        result, _ = run_module(simulator, vmid=4612, **dict(bad, cores=1))
+        assert result["msg"] == (
+            "VM 4612: template 9000 is on node pve1, not on pve2; "
+            "unknown firewall security group nope (the cluster has: default, ssh, web)"
+        )
+        assert mutations_since(simulator, before) == []
+
+    def test_a_foreign_vm_on_the_vmid_is_never_adopted(self, simulator: Any):
+        before = len(simulator.sim.requests)
+        result, _ = run_module(simulator, vmid=9000, **dict(SPEC, template_vmid=9001))
+        assert result["failed"] is True
+        assert "VMID 9000 is taken by qemu 'debian-12-cloud' (a template) on node pve1" in result["msg"]
+        assert mutations_since(simulator, before) == []
+
+    def test_lock_errors_and_proxy_errors_are_retried_with_backoff(self, simulator: Any):
+        simulator.sim.fail("POST", "/nodes/pve2/qemu/9001/clone", error="config_lock_timeout", times=1)
+        simulator.sim.fail("GET", "/nodes/pve2/qemu/4613/config", status=503, message="busy", times=1)
+        simulator.sim.fail("POST", "/nodes/pve2/qemu/4613/status/start", error="config_lock_timeout", times=1)
+        result, _ = run_module(simulator, vmid=4613, **SPEC)
+        assert result.get("failed") is not True, result
+        assert result["retries"] == 3 and result["status"] == "running"
+        clones = [p for m, p in mutations_since(simulator, 0) if p.endswith("/qemu/9001/clone")]
+        assert simulator.sim.vm(4613) is not None and len(clones) >= 2
+
+    def test_a_lock_that_outlasts_the_retry_budget_fails_with_pve_s_message(self, simulator: Any):
+        simulator.sim.fail("POST", "/nodes/pve2/qemu/9001/clone", error="config_lock_timeout")
+        try:
+            result, _ = run_module(simulator, vmid=4614, **dict(SPEC, retry_timeout=2))
+        finally:
+            simulator.sim.failures.clear()
+        assert result["failed"] is True
+        assert result["msg"].startswith("VM 4614: cloning template 9001: 500")
+        assert "can't lock file" in result["msg"] and simulator.sim.vm(4614) is None
+
+    def test_security_groups_are_added_and_removed_on_an_existing_vm(self, simulator: Any):
+        run_module(simulator, vmid=4615, **dict(SPEC, firewall_groups=["default"]))
+        result, _ = run_module(simulator, vmid=4615, firewall_groups=["web"], firewall_groups_absent=["default"])
+        assert result["changes"] == ["add firewall groups web", "delete the firewall group rules at 0"]
+        rules = simulator.sim.firewall_config("vm", vmid=4615)["rules"]
+        assert [(r["type"], r["action"]) for r in rules] == [("group", "web")]
