@@ -277,3 +277,41 @@ class TestAgainstTheSimulator:
         assert result["changes"] == ["add firewall groups web", "delete the firewall group rules at 0"]
         rules = simulator.sim.firewall_config("vm", vmid=4615)["rules"]
         assert [(r["type"], r["action"]) for r in rules] == [("group", "web")]
+
+    def test_power_states_use_pve_s_own_calls_and_are_idempotent(self, simulator: Any):
+        run_module(simulator, vmid=4616, **SPEC)
+        before = len(simulator.sim.requests)
+        stopped, _ = run_module(simulator, vmid=4616, state="stopped", force=True)
+        assert stopped["changes"] == ["stop"] and stopped["status"] == "stopped"
+        again, _ = run_module(simulator, vmid=4616, state="stopped")
+        assert again["changed"] is False
+        restarted, _ = run_module(simulator, vmid=4616, state="restarted", wait_for_address=True)
+        assert restarted["changes"] == ["start"] and restarted["address"]
+        rebooted, _ = run_module(simulator, vmid=4616, state="restarted")
+        assert rebooted["changes"] == ["reboot"]
+        assert mutations_since(simulator, before) == [
+            ("POST", "/api2/json/nodes/pve2/qemu/4616/status/stop"),
+            ("POST", "/api2/json/nodes/pve2/qemu/4616/status/start"),
+            ("POST", "/api2/json/nodes/pve2/qemu/4616/status/reboot"),
+        ]
+        assert simulator.sim.vm(4616).status == "running"
+
+    def test_absent_stops_then_deletes_once_and_never_touches_a_template(self, simulator: Any):
+        run_module(simulator, vmid=4617, **SPEC)
+        before = len(simulator.sim.requests)
+        wrong, _ = run_module(simulator, vmid=4617, name="someone-else", state="absent")
+        assert wrong["failed"] is True and "refusing to adopt it" in wrong["msg"]
+        template, _ = run_module(simulator, vmid=9000, state="absent")
+        assert template["failed"] is True and "(a template)" in template["msg"]
+        planned, _ = run_module(simulator, "--check", vmid=4617, name="module-test", state="absent", force=True)
+        assert planned["changes"] == ["stop", "delete with its disks"] and simulator.sim.vm(4617) is not None
+        gone, _ = run_module(simulator, vmid=4617, name="module-test", state="absent", force=True)
+        assert gone["changes"] == ["stop", "delete with its disks"] and gone["status"] == "absent"
+        assert simulator.sim.vm(4617) is None
+        assert not any("vm-4617-" in name for name in simulator.sim.storages["ceph-vm"].get("volumes", {}))
+        again, _ = run_module(simulator, vmid=4617, state="absent")
+        assert again["changed"] is False and again["status"] == "absent"
+        assert [p for _, p in mutations_since(simulator, before)] == [
+            "/api2/json/nodes/pve2/qemu/4617/status/stop",
+            "/api2/json/nodes/pve2/qemu/4617",
+        ]

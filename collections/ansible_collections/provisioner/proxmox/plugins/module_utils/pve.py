@@ -25,7 +25,7 @@ except ImportError:  # ProxmoxAnsible reports the missing library
 
 # Another task holds the guest's config lock (a clone still copying, a backup, a migration), or pmxcfs was
 # briefly unavailable: the request was not carried out and can be sent again.
-LOCK_ERROR = re.compile(r"can't lock file|is locked \(|got timeout|clone not finished", re.I)
+LOCK_ERROR = re.compile(r"can't lock file|is locked \(|cfs-lock|clone not finished", re.I)
 # Proxies and pveproxy restarts (502-504) and a node that is briefly unreachable (PVE's 595).
 TRANSIENT_STATUS = frozenset((502, 503, 504, 595))
 

@@ -113,10 +113,24 @@ options:
     elements: str
     default: []
   state:
-    description: C(present) leaves the power state alone; C(started) starts the VM if it is not running.
+    description:
+      - C(present) leaves the power state alone; C(started) starts the VM if it is not running; C(stopped)
+        stops it if it runs; C(restarted) reboots a running VM and starts a stopped one.
+      - C(absent) stops the VM if it runs (see I(force)) and deletes it with its disks (purge). An absent VM is
+        fine; a template, a container or (with I(name)) a VM with another name is never deleted.
     type: str
-    choices: [present, started]
+    choices: [present, started, stopped, restarted, absent]
     default: present
+  force:
+    description:
+      - C(stopped) and C(absent) stop the VM at once (C(status/stop)) instead of an ACPI shutdown that may
+        take up to I(stop_timeout) seconds; C(restarted) resets it instead of an ACPI reboot.
+    type: bool
+    default: false
+  stop_timeout:
+    description: Seconds an ACPI shutdown may take before the module fails (the VM keeps running).
+    type: int
+    default: 120
   start_retries:
     description: Further start attempts after a failed start (lock errors are retried regardless).
     type: int
@@ -128,7 +142,7 @@ options:
   wait_for_address:
     description:
       - Wait until the guest agent reports an IPv4 address (neither loopback nor link-local).
-      - Needs I(state=started).
+      - Needs I(state=started) or I(state=restarted).
     type: bool
     default: false
   address_timeout:
@@ -140,7 +154,7 @@ options:
     type: float
     default: 1.0
   timeout:
-    description: Seconds to wait for each PVE task (clone, resize, start); real full clones take minutes.
+    description: Seconds to wait for each PVE task (clone, resize, start, reboot, delete); full clones take minutes.
     type: int
     default: 900
   retry_timeout:
@@ -170,6 +184,13 @@ EXAMPLES = r"""
     wait_for_address: true
   register: web_1
 
+- name: Delete VM 4242 whatever its power state (an absent VM is fine)
+  provisioner.proxmox.vm:
+    vmid: 4242
+    name: web-1
+    state: absent
+    force: true
+
 - name: Remove a security group from an existing VM
   provisioner.proxmox.vm:
     vmid: 4242
@@ -197,7 +218,7 @@ changes:
     - grow scsi0 from 3G to 20G
     - start
 status:
-  description: The VM's power state at the end (C(absent) when check mode would have cloned it).
+  description: The VM's power state at the end; C(absent) when there is no VM (deleted, or check mode would clone it).
   returned: always
   type: str
 address:
@@ -254,8 +275,8 @@ def input_problems(p):
     both = sorted(set(p["firewall_groups"]) & set(p["firewall_groups_absent"]))
     if both:
         problems.append("groups both wanted and unwanted: {}".format(", ".join(both)))
-    if p["wait_for_address"] and p["state"] != "started":
-        problems.append("wait_for_address needs state=started")
+    if p["wait_for_address"] and p["state"] not in ("started", "restarted"):
+        problems.append("wait_for_address needs state=started or state=restarted")
     return problems
 
 
@@ -289,7 +310,7 @@ def cluster_problems(p, guests, nodes, groups):
                     p["node"],
                 )
             )
-    else:
+    elif p["state"] != "absent":
         problems.extend(template_problems(p, guests))
     unknown = sorted(set(p["firewall_groups"]) - set(groups))
     if unknown:
@@ -302,8 +323,10 @@ def cluster_problems(p, guests, nodes, groups):
 
 
 def template_problems(p, guests):
-    if p["template_vmid"] is None or p["template_node"] is None or p["name"] is None:
-        return ["VM {} does not exist; name, template_vmid and template_node are needed to clone it".format(p["vmid"])]
+    if p["template_vmid"] is None:
+        return ["VM {} does not exist".format(p["vmid"])]
+    if p["template_node"] is None or p["name"] is None:
+        return ["VM {} does not exist; name and template_node are needed to clone it".format(p["vmid"])]
     template = guests.get(p["template_vmid"])
     if template is None:
         return ["template {} does not exist".format(p["template_vmid"])]
@@ -446,6 +469,8 @@ class VmConverger:
 
     def run(self):
         existing = self.preflight()
+        if self.p["state"] == "absent":
+            return self.remove(existing)
         if existing is None:
             if self.module.check_mode:
                 return self.planned_clone()
@@ -453,12 +478,7 @@ class VmConverger:
         status = existing.get("status", "stopped") if existing else "stopped"
         self.converge_config()
         self.converge_firewall()
-        if self.p["state"] == "started" and status != "running":
-            self.changes.append("start")
-            if not self.module.check_mode:
-                self.start()
-            status = "running"
-        result = {"status": status}
+        result = {"status": self.converge_power(status)}
         if self.p["wait_for_address"] and not self.module.check_mode:
             result["address"] = self.wait_for_address()
         return result
@@ -480,6 +500,8 @@ class VmConverger:
         existing = guests.get(self.p["vmid"])
         if self.p["node"] is None and existing is not None:
             self.p["node"] = existing.get("node")
+        elif self.p["node"] is None and self.p["state"] == "absent":
+            return None
         elif self.p["node"] is None:
             self.fail(["VM {} does not exist; node is needed to clone it".format(self.p["vmid"])])
         problems = cluster_problems(self.p, guests, nodes, groups)
@@ -499,7 +521,7 @@ class VmConverger:
             self.changes.append("grow {} to {}G if smaller".format(p["disk"], p["disk_gb"]))
         if p["firewall_groups"]:
             self.changes.append("add firewall groups " + ", ".join(dict.fromkeys(p["firewall_groups"])))
-        if p["state"] == "started":
+        if p["state"] in ("started", "restarted"):
             self.changes.append("start")
         return {"status": "absent"}
 
@@ -602,6 +624,70 @@ class VmConverger:
                 lambda group=group: rules_api.post(type="group", action=group, enable=1),
             )
 
+    def converge_power(self, status):
+        state, force = self.p["state"], self.p["force"]
+        if state == "started" and status != "running":
+            self.act("start", self.start)
+            return "running"
+        if state == "stopped" and status != "stopped":
+            self.act("stop" if force else "shut down", self.stop)
+            return "stopped"
+        if state == "restarted" and status == "running":
+            self.act("reset" if force else "reboot", self.reboot)
+        elif state == "restarted":
+            self.act("start", self.start)
+            return "running"
+        return status
+
+    def act(self, change, action):
+        self.changes.append(change)
+        if not self.module.check_mode:
+            action()
+
+    def remove(self, existing):
+        if existing is None:
+            return {"status": "absent"}
+        if existing.get("status") != "stopped":
+            self.act("stop" if self.p["force"] else "shut down", self.stop)
+        self.act("delete with its disks", self.delete)
+        return {"status": "absent"}
+
+    def stop(self):
+        p = self.p
+        status = self.qemu.status
+        if p["force"]:
+            self.client.run_task(f"VM {p['vmid']}: stopping it", p["node"], lambda: status.stop.post(), p["timeout"])
+            return
+        # PVE's own shutdown timeout ends the task with an error; the wait allows a little more than that.
+        self.client.run_task(
+            f"VM {p['vmid']}: shutting it down",
+            p["node"],
+            lambda: status.shutdown.post(timeout=p["stop_timeout"]),
+            p["stop_timeout"] + 30,
+        )
+
+    def reboot(self):
+        p = self.p
+        status = self.qemu.status
+        if p["force"]:
+            self.client.run_task(f"VM {p['vmid']}: resetting it", p["node"], lambda: status.reset.post(), p["timeout"])
+            return
+        self.client.run_task(
+            f"VM {p['vmid']}: rebooting it",
+            p["node"],
+            lambda: status.reboot.post(timeout=p["stop_timeout"]),
+            p["timeout"],
+        )
+
+    def delete(self):
+        p = self.p
+        self.client.run_task(
+            f"VM {p['vmid']}: deleting it",
+            p["node"],
+            lambda: self.qemu.delete(purge=1, **{"destroy-unreferenced-disks": 1}),
+            p["timeout"],
+        )
+
     def start(self):
         p = self.p
         what = "VM {}: starting it".format(p["vmid"])
@@ -671,7 +757,13 @@ def main():
             remove_cloud_init_drives={"type": "bool"},
             firewall_groups={"type": "list", "elements": "str", "default": []},
             firewall_groups_absent={"type": "list", "elements": "str", "default": []},
-            state={"type": "str", "default": "present", "choices": ["present", "started"]},
+            state={
+                "type": "str",
+                "default": "present",
+                "choices": ["present", "started", "stopped", "restarted", "absent"],
+            },
+            force={"type": "bool", "default": False},
+            stop_timeout={"type": "int", "default": 120},
             start_retries={"type": "int", "default": 0},
             start_retry_delay={"type": "int", "default": 5},
             wait_for_address={"type": "bool", "default": False},
