@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -47,9 +48,25 @@ def test_site_creates_the_fleet_idempotently_and_site_delete_removes_it(simulato
     assert all(simulator.sim.vm(vmid) is None for vmid in FLEET)
 
 
-def test_bad_input_fails_before_any_change(simulator: Any):
+BAD_INPUT = {
+    "cores 0": ({"vm_cores": 0}, "VM 4242: cores must be at least 1 (got 0)"),
+    "unknown node": ({"vm_node": "pve9"}, "VM 4242: node 'pve9' is not a node of the cluster (nodes: pve1, pve2)"),
+    "missing template": ({"vm_template_vmid": 9999}, "VM 4242: template 9999 does not exist"),
+    "malformed SSH key": (
+        {"vm_seed_url": "", "vm_ssh_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA"]},
+        "VM 4242: cloud_init_ssh_keys #1: malformed ssh-ed25519 key",
+    ),
+    "unknown security group": ({"vm_firewall_groups": ["db"]}, "unknown firewall security group db"),
+}
+
+
+@pytest.mark.parametrize("overrides, message", BAD_INPUT.values(), ids=BAD_INPUT.keys())
+def test_bad_input_fails_with_a_clear_message_before_any_change(
+    simulator: Any, overrides: dict[str, Any], message: str
+):
     before = len(simulator.sim.requests)
-    result = playbook(simulator, "create.yml", "-e", "@examples/vm.yml", "-e", "vm_cores=0")
+    result = playbook(simulator, "create.yml", "-e", "@examples/vm.yml", "-e", json.dumps(overrides))
     assert result.returncode != 0
-    assert "cores must be at least 1 (got 0)" in result.stdout
+    assert message in result.stdout, result.stdout[-2000:]
     assert [r for r in list(simulator.sim.requests)[before:] if r[0] in ("POST", "PUT", "DELETE")] == []
+    assert simulator.sim.vm(4242) is None

@@ -8,10 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 
-from tests.conftest import MUTATING, ROOT, ansible_env
+from tests.conftest import MUTATING, ROOT, SITE_KEY, USER_KEY, ansible_env
 
 sys.path.insert(0, str(ROOT / "collections"))
 from ansible_collections.provisioner.proxmox.plugins.modules import vm as vm_module
@@ -40,6 +41,10 @@ SPEC = {
 
 def params(**overrides: Any) -> dict[str, Any]:
     values = dict.fromkeys(("name", "template_vmid", "template_node", "cores", "memory_mb", "disk_gb", "tags"))
+    values.update(
+        dict.fromkeys(("cloud_init_user", "cloud_init_ssh_keys", "cloud_init_ipconfig0", "cloud_init_nameserver"))
+    )
+    values.update(cloud_init_drive="ide2", cloud_init_drive_storage=None)
     values.update(
         vmid=4600,
         node="pve1",
@@ -123,6 +128,32 @@ def test_config_changes_send_only_what_differs():
     converged = dict(config, memory="2048", agent="enabled=1", smbios1="base64=1,serial=c2VyaWFs,uuid=abcd")
     del converged["ide2"]
     assert vm_module.config_changes(p, converged, "c2VyaWFs") == ({}, [])
+
+
+def test_ssh_keys_are_checked_like_the_service_checks_them():
+    from engine.sshkeys import InvalidSSHKey, normalise_key
+
+    def service_accepts(key: str) -> bool:
+        try:
+            normalise_key(key)
+        except InvalidSSHKey:
+            return False
+        return True
+
+    ed25519_blob = SITE_KEY.split()[1]
+    corpus = [
+        SITE_KEY,
+        USER_KEY,
+        f"ssh-ed25519 {ed25519_blob}",
+        f"ssh-rsa {ed25519_blob} type inside the blob differs",
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA",
+        "ssh-ed25519 not-base64!",
+        "ssh-dss AAAAB3NzaC1kc3MAAACBAP",
+        "ssh-ed25519",
+        "",
+    ]
+    for key in corpus:
+        assert (vm_module.ssh_key_problem(key) is None) == service_accepts(key), key
 
 
 def test_disk_sizes_are_compared_in_bytes():
@@ -315,3 +346,31 @@ class TestAgainstTheSimulator:
             "/api2/json/nodes/pve2/qemu/4617/status/stop",
             "/api2/json/nodes/pve2/qemu/4617",
         ]
+
+    def test_native_cloud_init_sets_the_drive_user_keys_and_network_and_rejects_bad_keys(self, simulator: Any):
+        native = {
+            "name": "native-test",
+            "node": "pve1",
+            "template_vmid": 9000,
+            "template_node": "pve1",
+            "cloud_init_user": "debian",
+            "cloud_init_ssh_keys": [SITE_KEY, USER_KEY],
+            "cloud_init_ipconfig0": "ip=192.0.2.10/24,gw=192.0.2.1",
+            "cloud_init_nameserver": "192.0.2.53",
+        }
+        before = len(simulator.sim.requests)
+        bad, _ = run_module(simulator, vmid=4618, **dict(native, cloud_init_ssh_keys=[SITE_KEY, "ssh-rsa AAAAB3Nza"]))
+        assert bad["failed"] is True and bad["msg"] == "VM 4618: cloud_init_ssh_keys #2: the key data is not base64"
+        mixed, _ = run_module(simulator, vmid=4618, **dict(native, cloud_init_seed_url=SEED))
+        assert mixed["failed"] is True and "excludes the native cloud-init options" in mixed["msg"]
+        assert mutations_since(simulator, before) == []
+
+        created, _ = run_module(simulator, vmid=4618, **native)
+        assert created["changes"][1] == "set ciuser, ide2, ipconfig0, nameserver, sshkeys"
+        config = simulator.sim.vm(4618).config
+        assert config["ciuser"] == "debian" and config["ipconfig0"] == native["cloud_init_ipconfig0"]
+        assert unquote(config["sshkeys"]) == f"{SITE_KEY}\n{USER_KEY}"
+        assert config["ide2"].startswith("ceph-vm:") and "cloudinit" in config["ide2"]
+        assert "serial=" not in config.get("smbios1", "")
+        again, _ = run_module(simulator, vmid=4618, **native)
+        assert again["changed"] is False, again["changes"]

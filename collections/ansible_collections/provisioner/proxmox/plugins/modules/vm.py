@@ -102,6 +102,33 @@ options:
         seed silently drops the drive's user, keys and network, so seed mode removes them.
       - Defaults to true when I(cloud_init_seed_url) is set, false otherwise.
     type: bool
+  cloud_init_user:
+    description:
+      - Native mode (no HTTP seed; everything on a Proxmox cloud-init drive) - the default user (C(ciuser)).
+      - Setting any C(cloud_init_user), C(cloud_init_ssh_keys), C(cloud_init_ipconfig0) or C(cloud_init_nameserver)
+        selects native mode, which excludes I(cloud_init_seed_url) (a guest given both drops the drive's data).
+    type: str
+  cloud_init_ssh_keys:
+    description:
+      - Native mode - the user's SSH public keys (OpenSSH lines).
+      - Each is validated; a malformed key fails before any change.
+    type: list
+    elements: str
+  cloud_init_ipconfig0:
+    description: Native mode - the first NIC's address, e.g. C(ip=dhcp) or C(ip=192.0.2.10/24,gw=192.0.2.1).
+    type: str
+  cloud_init_nameserver:
+    description: Native mode - DNS servers, space separated.
+    type: str
+  cloud_init_drive:
+    description:
+      - Native mode - the config key of the cloud-init drive, added when the VM has none. Debian's cloud kernel
+        sees no C(ide2)/C(sata) drive on a q35 VM; use a C(scsiN) key there.
+    type: str
+    default: ide2
+  cloud_init_drive_storage:
+    description: Native mode - the storage of a new cloud-init drive; unset uses the boot disk's storage.
+    type: str
   firewall_groups:
     description: Security groups to have on the VM (a missing rule is added, a disabled one enabled).
     type: list
@@ -232,8 +259,10 @@ retries:
 """
 
 import base64
+import binascii
 import re
 import time
+from urllib.parse import quote, unquote
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.provisioner.proxmox.plugins.module_utils.pve import (
@@ -241,10 +270,25 @@ from ansible_collections.provisioner.proxmox.plugins.module_utils.pve import (
     PveFailure,
     pve_argument_spec,
 )
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
 DNS_NAME = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$")
 DISK_KEY = re.compile(r"^(ide|sata|scsi|virtio)[0-9]+$")
-CLOUD_INIT_VOLUME = re.compile(r"(^|[:/])(vm|base)-[0-9]+-cloudinit")
+# A Proxmox cloud-init drive: vm-<id>-cloudinit (base-<id>-cloudinit on a template), or <storage>:cloudinit
+# as sent before PVE allocates the volume.
+CLOUD_INIT_VOLUME = re.compile(r"(^|[:/])((vm|base)-[0-9]+-)?cloudinit(,|$)")
+SSH_KEY_TYPES = (
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+)
+EMPTY_CDROM = re.compile(r"^(none|cdrom),media=cdrom$")
+NATIVE_OPTIONS = ("cloud_init_user", "cloud_init_ssh_keys", "cloud_init_ipconfig0", "cloud_init_nameserver")
 DISK_SIZE = re.compile(r"(?:^|,)size=([0-9]+(?:\.[0-9]+)?)([KMGT]?)(?:,|$)")
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 SEED_URL = re.compile(r"^https?://[^\s;,]+/$")
@@ -272,12 +316,46 @@ def input_problems(p):
         problems.append("template_vmid {} is the VM itself".format(p["template_vmid"]))
     if p["cloud_init_seed_url"] is not None and not SEED_URL.match(p["cloud_init_seed_url"]):
         problems.append("cloud_init_seed_url must be an http(s) URL ending in '/' without ';', ',' or spaces")
+    if native_mode(p) and p["cloud_init_seed_url"] is not None:
+        problems.append(
+            "cloud_init_seed_url excludes the native cloud-init options (a guest given both drops the drive's data)"
+        )
+    if native_mode(p) and not DISK_KEY.match(p["cloud_init_drive"]):
+        problems.append("cloud_init_drive {!r} is not a drive key such as ide2 or scsi1".format(p["cloud_init_drive"]))
+    for index, key in enumerate(p["cloud_init_ssh_keys"] or [], 1):
+        problem = ssh_key_problem(key)
+        if problem:
+            problems.append(f"cloud_init_ssh_keys #{index}: {problem}")
     both = sorted(set(p["firewall_groups"]) & set(p["firewall_groups_absent"]))
     if both:
         problems.append("groups both wanted and unwanted: {}".format(", ".join(both)))
     if p["wait_for_address"] and p["state"] not in ("started", "restarted"):
         problems.append("wait_for_address needs state=started or state=restarted")
     return problems
+
+
+def native_mode(p):
+    return any(p.get(option) for option in NATIVE_OPTIONS)
+
+
+def ssh_key_problem(key):
+    """Why an OpenSSH public key line is unusable, or None (parsed with cryptography, an ansible-core dependency)."""
+    parts = str(key).strip().split()
+    if len(parts) < 2:
+        return "expected '<type> <base64 key> [comment]'"
+    if parts[0] not in SSH_KEY_TYPES:
+        return f"unsupported key type {parts[0][:40]!r}"
+    try:
+        base64.b64decode(parts[1], validate=True)
+    except (binascii.Error, ValueError):
+        return "the key data is not base64"
+    if parts[0].startswith("sk-"):  # security-key types: cryptography cannot load them
+        return None
+    try:
+        load_ssh_public_key(f"{parts[0]} {parts[1]}".encode())
+    except (ValueError, binascii.Error, UnsupportedAlgorithm):
+        return f"malformed {parts[0]} key"
+    return None
 
 
 def cluster_problems(p, guests, nodes, groups):
@@ -410,7 +488,28 @@ def config_changes(p, config, serial):
     deletes = []
     if p["remove_cloud_init_drives"]:
         deletes = sorted(k for k, v in config.items() if DISK_KEY.match(k) and CLOUD_INIT_VOLUME.search(str(v)))
+    if native_mode(p):
+        updates.update(native_changes(p, config))
     return updates, deletes
+
+
+def native_changes(p, config):
+    """The ci* settings that differ, and a cloud-init drive when the VM has none."""
+    changes = {}
+    if p["cloud_init_user"] and config.get("ciuser") != p["cloud_init_user"]:
+        changes["ciuser"] = p["cloud_init_user"]
+    if p["cloud_init_ssh_keys"]:
+        want = "\n".join(" ".join(k.split()) for k in p["cloud_init_ssh_keys"])
+        if unquote(str(config.get("sshkeys", ""))).strip() != want:
+            # PVE wants this one value URL-encoded on top of the form encoding.
+            changes["sshkeys"] = quote(want, safe="")
+    for option, key in (("cloud_init_ipconfig0", "ipconfig0"), ("cloud_init_nameserver", "nameserver")):
+        if p[option] and config.get(key) != p[option]:
+            changes[key] = p[option]
+    if not any(DISK_KEY.match(k) and CLOUD_INIT_VOLUME.search(str(v)) for k, v in config.items()):
+        storage = p["cloud_init_drive_storage"] or str(config.get(p["disk"], "")).split(":", 1)[0]
+        changes[p["cloud_init_drive"]] = f"{storage}:cloudinit"
+    return changes
 
 
 def firewall_plan(rules, wanted, unwanted):
@@ -515,6 +614,8 @@ class VmConverger:
         settings = [k for k in ("name", "cores", "memory_mb", "tags", "description") if p[k]]
         if self.serial is not None:
             settings.append("smbios1")
+        if native_mode(p):
+            settings.append("the native cloud-init settings")
         if settings:
             self.changes.append("set " + ", ".join(settings))
         if p["disk_gb"] is not None:
@@ -559,6 +660,12 @@ class VmConverger:
         if p["disk_gb"] is not None and p["disk"] not in config:
             disks = sorted(k for k in config if DISK_KEY.match(k))
             self.fail(["its boot disk {} is not in its config (disks: {})".format(p["disk"], ", ".join(disks))])
+        drive = config.get(p["cloud_init_drive"])
+        has_drive = any(DISK_KEY.match(k) and CLOUD_INIT_VOLUME.search(str(v)) for k, v in config.items())
+        if native_mode(p) and not has_drive and drive is not None and not EMPTY_CDROM.match(str(drive)):
+            self.fail(
+                [f"{p['cloud_init_drive']} holds {drive!r}; choose a free cloud_init_drive for the cloud-init drive"]
+            )
         updates, deletes = config_changes(p, config, self.serial)
         if updates or deletes:
             label = []
@@ -755,6 +862,12 @@ def main():
             cloud_init_seed_url={"type": "str", "no_log": True},
             cloud_init_datasource={"type": "str", "default": "nocloud-net", "choices": ["nocloud-net", "nocloud"]},
             remove_cloud_init_drives={"type": "bool"},
+            cloud_init_user={"type": "str"},
+            cloud_init_ssh_keys={"type": "list", "elements": "str", "no_log": False},
+            cloud_init_ipconfig0={"type": "str"},
+            cloud_init_nameserver={"type": "str"},
+            cloud_init_drive={"type": "str", "default": "ide2"},
+            cloud_init_drive_storage={"type": "str"},
             firewall_groups={"type": "list", "elements": "str", "default": []},
             firewall_groups_absent={"type": "list", "elements": "str", "default": []},
             state={
