@@ -14,6 +14,7 @@ import httpx
 import pytest
 import uvicorn
 
+from discovery.settings import RegistrySettings
 from engine.proxmox import ProxmoxConnection
 from engine.runtime import Runtime, create_app
 from engine.settings import Settings
@@ -89,7 +90,10 @@ class LiveService:
         return wait_for(reached, timeout=timeout, what=f"instance {instance_id} to be {state}")
 
 
-def start_service(tmp_path: Path, simulator: Any, **overrides: Any) -> LiveService:
+def start_service(
+    tmp_path: Path, simulator: Any, registry: RegistrySettings | None = None, **overrides: Any
+) -> LiveService:
+    """The service on a free port; no discovery registry unless `discovery_enabled=True` (then on `registry`)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     values: dict[str, Any] = {
@@ -102,6 +106,7 @@ def start_service(tmp_path: Path, simulator: Any, **overrides: Any) -> LiveServi
         "refresh_interval_s": 0.3,
         "address_timeout_s": 60,
         "job_timeout_s": 300,
+        "discovery_enabled": False,
     }
     values.update(overrides)
     settings = Settings(**values)
@@ -113,7 +118,7 @@ def start_service(tmp_path: Path, simulator: Any, **overrides: Any) -> LiveServi
         timeout_s=10,
         verify=str(simulator.cafile),
     )
-    return LiveService(Runtime(settings, connection=connection), sock)
+    return LiveService(Runtime(settings, connection=connection, registry_settings=registry), sock)
 
 
 @pytest.fixture(scope="module")
