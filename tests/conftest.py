@@ -153,3 +153,29 @@ def visa_body(name: str = "VISA-INSTANCE-42", image: str = "9000", flavour: str 
     }
     body.update(extra)
     return body
+
+
+class FakeClock:
+    """Unix seconds that only move when a test says so."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def start_test_registry(tmp_path: Path, clock: Callable[[], float] = time.time, **settings: Any) -> Any:
+    """A discovery registry on a free loopback port with its own SQLite file; returns its handle."""
+    from discovery.server import start_registry
+
+    values: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "state_dir": tmp_path, **settings}
+    return start_registry(RegistrySettings(**values), clock=clock)
