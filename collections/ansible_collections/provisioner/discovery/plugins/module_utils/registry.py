@@ -145,3 +145,18 @@ def _answer_error(exc):
     except (ValueError, KeyError, TypeError):
         code, message = f"HTTP_{exc.code}", exc.reason
     return RegistryError(f"the discovery registry refused: {exc.code} {code}: {message}", exc.code, code)
+
+
+def exit_converged(module, converge, result_key, comparable):
+    """Run a module's converge(module, registry) -> (changed, after, before) and exit with its result and diff."""
+    registry = Registry.from_module(module)
+    try:
+        changed, after, before = converge(module, registry)
+    except RegistryError as exc:
+        module.fail_json(msg=str(exc), status=exc.status, code=exc.code)
+    module.exit_json(
+        changed=changed,
+        provider_id=registry.provider_id,
+        diff={"before": comparable(before) or {}, "after": comparable(after) or {}},
+        **{result_key: after},
+    )

@@ -88,9 +88,8 @@ provider_id:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.provisioner.discovery.plugins.module_utils.registry import (
-    Registry,
-    RegistryError,
     connection_argument_spec,
+    exit_converged,
 )
 
 ADVERTISEMENTS = "/api/v1/advertisements"
@@ -153,17 +152,7 @@ def main():
         required_if=[("state", "present", ["ip_address", "country", "resources"])],
         supports_check_mode=True,
     )
-    registry = Registry.from_module(module)
-    try:
-        changed, after, before = converge(module, registry)
-    except RegistryError as exc:
-        module.fail_json(msg=str(exc), status=exc.status, code=exc.code)
-    module.exit_json(
-        changed=changed,
-        advertisement=after,
-        provider_id=registry.provider_id,
-        diff={"before": comparable(before), "after": comparable(after)},
-    )
+    exit_converged(module, converge, "advertisement", comparable)
 
 
 if __name__ == "__main__":

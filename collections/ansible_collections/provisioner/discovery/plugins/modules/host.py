@@ -88,9 +88,8 @@ import ipaddress
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.provisioner.discovery.plugins.module_utils.registry import (
-    Registry,
-    RegistryError,
     connection_argument_spec,
+    exit_converged,
 )
 
 HOSTS = "/api/v1/hosts"
@@ -156,17 +155,7 @@ def main():
         required_if=[("state", "present", ["address"])],
         supports_check_mode=True,
     )
-    registry = Registry.from_module(module)
-    try:
-        changed, after, before = converge(module, registry)
-    except RegistryError as exc:
-        module.fail_json(msg=str(exc), status=exc.status, code=exc.code)
-    module.exit_json(
-        changed=changed,
-        host=after,
-        provider_id=registry.provider_id,
-        diff={"before": comparable(before) or {}, "after": comparable(after) or {}},
-    )
+    exit_converged(module, converge, "host", comparable)
 
 
 if __name__ == "__main__":
