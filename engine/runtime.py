@@ -120,7 +120,11 @@ class Runtime:
             lambda: advertisement(settings, cluster.snapshot()),
             settings.advertise_interval_s,
         )
-        env = {"DISCOVERY_URL": url, "DISCOVERY_PROVIDER_KEY_FILE": str(settings.provider_key_path)}
+        env = {
+            "DISCOVERY_URL": url,
+            "DISCOVERY_PROVIDER_KEY_FILE": str(settings.provider_key_path),
+            "DISCOVERY_HOST_SSH_USER": settings.cloud_init_user,
+        }
         write_env_file(settings.state_dir / "discovery.env", env)
         return env
 

@@ -57,6 +57,7 @@ def test_the_embedded_registry_honours_the_discovery_variables_and_the_service_a
         assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
         assert f"DISCOVERY_URL={registry.url}\n" in env_file.read_text()
         assert f"DISCOVERY_PROVIDER_KEY_FILE={key_file}\n" in env_file.read_text()
+        assert "DISCOVERY_HOST_SSH_USER=visa\n" in env_file.read_text()
         pem = key_file.read_text()
         secret_lines = [line for line in pem.splitlines() if "PRIVATE KEY" not in line]
         assert not any(line in caplog.text or line in env_file.read_text() for line in secret_lines)
@@ -65,7 +66,9 @@ def test_the_embedded_registry_honours_the_discovery_variables_and_the_service_a
         live.stop()
 
 
-def test_an_external_registry_is_used_when_discovery_url_is_set_and_the_offer_is_withdrawn_at_stop(tmp_path: Path, simulator: Any):
+def test_an_external_registry_is_used_when_discovery_url_is_set_and_the_offer_is_withdrawn_at_stop(
+    tmp_path: Path, simulator: Any
+):
     external = start_test_registry(tmp_path / "registry")
     live = start_service(tmp_path / "service", simulator, discovery_enabled=True, discovery_url=external.url)
     try:
