@@ -41,7 +41,13 @@ def start_registry(
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.host, settings.port))
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        raise RuntimeError(
+            f"the discovery registry cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
+        ) from None
     config = uvicorn.Config(create_app(settings, clock), log_level="warning", access_log=False, lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="discovery-registry", daemon=True)

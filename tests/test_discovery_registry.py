@@ -299,6 +299,12 @@ def test_invalid_advertisements_are_refused_with_adv_002(registry: Registry, cha
     assert registry.anonymous.get(ADS).json() == []
 
 
+def test_oversized_bodies_are_refused_before_they_are_read(registry: Registry):
+    with registry.provider() as provider:
+        huge = provider.post(HOSTS, json={"name": "web-1", "address": "10.0.0.1", "vars": {"blob": "x" * 70_000}})
+    error(huge, 413, "BODY_TOO_LARGE")
+
+
 def test_ipv6_addresses_are_accepted_and_a_body_that_is_not_json_is_adv_002(registry: Registry):
     with registry.provider() as provider:
         assert provider.post(ADS, json=OFFER | {"ip_address": "2001:DB8::1"}).json()["ip_address"] == "2001:db8::1"

@@ -63,6 +63,8 @@ keyed_groups:
     prefix: provider
 """
 
+from datetime import datetime
+
 from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
 from ansible.utils.display import Display
@@ -99,7 +101,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         """One record per name (the newest), from the configured providers only."""
         providers = set(self.get_option("provider_ids"))
         chosen = {}
-        for record in sorted(records, key=lambda r: r["updated_at"], reverse=True):
+        for record in sorted(records, key=lambda r: datetime.fromisoformat(r["updated_at"]), reverse=True):
             if providers and record["provider_id"] not in providers:
                 continue
             kept = chosen.setdefault(record["name"], record)
