@@ -42,6 +42,14 @@ def not_owner(message: str) -> RegistryError:
     return RegistryError(403, "AUTH_004", message)
 
 
+def advertisement_not_found() -> RegistryError:
+    return RegistryError(404, "ADV_004", "advertisement not found")
+
+
+def host_not_found() -> RegistryError:
+    return RegistryError(404, "HOST_004", "host not found")
+
+
 def bad_read_token() -> RegistryError:
     return RegistryError(401, "AUTH_005", "missing or invalid read token (Authorization: Bearer …)")
 

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from discovery import auth, store
 from discovery.context import Registry, registry, session
-from discovery.errors import RegistryError, not_owner
+from discovery.errors import RegistryError, advertisement_not_found, host_not_found, not_owner
 from discovery.models import Advertisement
 from discovery.schemas import AdvertisementIn, AdvertisementOut, Country, Deleted, HostIn, HostOut
 
@@ -23,10 +23,6 @@ Minimum = Annotated[int | None, Query(ge=1)]
 
 api = APIRouter(prefix="/api/v1")
 health = APIRouter()
-
-
-def _not_found(what: str) -> RegistryError:
-    return RegistryError(404, "ADV_004" if what == "advertisement" else "HOST_004", f"{what} not found")
 
 
 @api.post("/advertisements", response_model=AdvertisementOut, tags=["advertisements"])
@@ -68,7 +64,7 @@ def get_advertisement(provider_id: str, context: RegistryDep, db: SessionDep) ->
     """One provider's live advertisement."""
     row = store.live_advertisement(db, provider_id.lower(), context.fresh_since())
     if row is None:
-        raise _not_found("advertisement")
+        raise advertisement_not_found()
     return store.advertisement_out(row)
 
 
@@ -80,7 +76,7 @@ def delete_advertisement(
     if provider_id.lower() != caller:
         raise not_owner("only the provider that owns an advertisement may delete it")
     if not store.delete_advertisement(db, caller):
-        raise _not_found("advertisement")
+        raise advertisement_not_found()
     return Deleted()
 
 
@@ -117,7 +113,7 @@ def list_hosts(
 def delete_host(name: str, caller: Annotated[str, Depends(auth.signed_provider)], db: SessionDep) -> Deleted:
     """Deregister one of the caller's hosts (signed)."""
     if not store.delete_host(db, caller, name):
-        raise _not_found("host")
+        raise host_not_found()
     return Deleted()
 
 
