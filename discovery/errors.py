@@ -86,6 +86,11 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"{where}: {first.get('msg', 'invalid')}"
         return error_response(RegistryError(400, _invalid_code(request), message))
 
+    # Starlette still re-raises it afterwards, so the server logs the traceback.
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, _exc: Exception) -> JSONResponse:
+        return error_response(RegistryError(500, "INTERNAL_ERROR", "internal error"))
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")

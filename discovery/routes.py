@@ -18,7 +18,8 @@ from discovery.schemas import AdvertisementIn, AdvertisementOut, Country, Delete
 log = logging.getLogger(__name__)
 
 RegistryDep = Annotated[Registry, Depends(registry)]
-SessionDep = Annotated[Session, Depends(session)]
+# Committed before the response goes out, so a client that reads right after its write sees it.
+SessionDep = Annotated[Session, Depends(session, scope="function")]
 Minimum = Annotated[int | None, Query(ge=1)]
 
 api = APIRouter(prefix="/api/v1")
