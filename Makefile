@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint molecule bench clean install
+.PHONY: run discovery test test-fast lint molecule bench clean install
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/provisioner run --dev-token
 
+# The discovery registry alone, configured by the DISCOVERY_* variables (`make run` embeds one).
+discovery: $(STAMP)
+	$(BIN)/provisioner discovery
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
@@ -25,8 +29,8 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check engine web_provider api tests bench collections
-	$(BIN)/ruff format --check engine web_provider api tests bench collections
+	$(BIN)/ruff check engine web_provider api discovery collections tests bench
+	$(BIN)/ruff format --check engine web_provider api discovery collections tests bench
 	$(BIN)/ansible-lint --profile production playbooks roles
 
 bench: $(STAMP)

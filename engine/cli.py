@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import secrets
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import uvicorn
 from pydantic import ValidationError
@@ -39,19 +41,27 @@ def _settings(args: argparse.Namespace) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error["loc"]) or "settings"
-            print(f"configuration error: {where}: {error['msg']}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _exit_with_errors(exc)
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("PROVISIONER_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _exit_with_errors(exc: ValidationError) -> NoReturn:
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "settings"
+        print(f"configuration error: {where}: {error['msg']}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 def run(args: argparse.Namespace) -> None:
     from engine.runtime import Runtime, create_app
 
     settings = _settings(args)
-    logging.basicConfig(
-        level=os.environ.get("PROVISIONER_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _configure_logging()
     try:
         runtime = Runtime(settings)
         read_flavour_file(settings.flavours_file)
@@ -76,6 +86,40 @@ def run(args: argparse.Namespace) -> None:
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+
+
+def discovery(_args: argparse.Namespace) -> None:
+    from discovery.server import local_url, serve
+    from discovery.settings import RegistrySettings
+
+    try:
+        settings = RegistrySettings()
+    except ValidationError as exc:
+        _exit_with_errors(exc)
+    _configure_logging()
+    print(f"Discovery registry: {local_url(settings.host, settings.port)}/api/v1", flush=True)
+    serve(settings)
+
+
+def advertisement(_args: argparse.Namespace) -> None:
+    """Print (JSON) the advertisement this provider would post now, from Proxmox as the PROXMOX_* variables say."""
+    from engine.advertiser import advertisement as compose
+    from engine.proxmox import ClusterView, ProxmoxConnection, ProxmoxUnavailable
+
+    try:
+        settings = Settings(insecure_no_auth=True)  # type: ignore[call-arg]
+        connection = ProxmoxConnection.from_ansible_env(os.environ)
+    except ValidationError as exc:
+        _exit_with_errors(exc)
+    except KeyError as exc:
+        print(f"configuration error: {exc.args[0]} is not set", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        snapshot = ClusterView(connection, settings.refresh_interval_s, settings.stale_after_s).refresh()
+    except ProxmoxUnavailable as exc:
+        print(f"Proxmox is unreachable: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(json.dumps(compose(settings, snapshot)))
 
 
 def _database() -> Database:
@@ -150,6 +194,12 @@ def main(argv: list[str] | None = None) -> None:
     actions.add_parser("import", help="create or replace the flavours of a YAML file").add_argument("file")
     actions.add_parser("list", help="list the flavours")
     flavour_parser.set_defaults(func=flavours, action="list")
+    sub.add_parser("discovery", help="serve the discovery registry alone (DISCOVERY_* variables)").set_defaults(
+        func=discovery
+    )
+    sub.add_parser(
+        "advertisement", help="print the advertisement this provider would post (Proxmox from PROXMOX_*)"
+    ).set_defaults(func=advertisement)
     args = parser.parse_args(argv)
     args.func(args)
 

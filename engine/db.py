@@ -30,24 +30,25 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision."""
+def migrate(engine: Engine, migrations: Path = MIGRATIONS) -> None:
+    """Bring the schema to the newest revision of a migrations directory."""
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("script_location", str(migrations))
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 
 
 class Database:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, migrations: Path = MIGRATIONS) -> None:
+        self.migrations = migrations
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def migrate(self) -> None:
-        migrate(self.engine)
+        migrate(self.engine, self.migrations)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -11,7 +11,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +60,21 @@ class ProxmoxConnection:
             env["REQUESTS_CA_BUNDLE"] = self.verify
             env["CURL_CA_BUNDLE"] = self.verify
         return env
+
+    @classmethod
+    def from_ansible_env(cls, env: Mapping[str, str], timeout_s: float = 10.0) -> ProxmoxConnection:
+        """The connection the playbooks get (the inverse of ansible_env), for commands a playbook runs.
+
+        Raises KeyError naming the first missing variable."""
+        if env.get("PROXMOX_TOKEN_ID"):
+            user, secret = f"{env['PROXMOX_USER']}!{env['PROXMOX_TOKEN_ID']}", env["PROXMOX_TOKEN_SECRET"]
+        else:
+            user, secret = env["PROXMOX_USER"], env["PROXMOX_PASSWORD"]
+        verify: bool | str = env.get("PROXMOX_VALIDATE_CERTS", "true").lower() not in ("false", "no", "0")
+        if verify and env.get("REQUESTS_CA_BUNDLE"):
+            verify = env["REQUESTS_CA_BUNDLE"]
+        port = int(env.get("PROXMOX_PORT") or 8006)
+        return cls(host=env["PROXMOX_HOST"], port=port, user=user, secret=secret, timeout_s=timeout_s, verify=verify)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ProxmoxConnection:

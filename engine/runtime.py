@@ -12,6 +12,11 @@ from typing import Any
 from fastapi import FastAPI
 
 from api import operator, seed
+from discovery.client import RegistryClient
+from discovery.server import RegistryHandle, start_registry
+from discovery.settings import RegistrySettings
+from discovery.signing import load_or_create_key, provider_id
+from engine.advertiser import Advertiser, advertisement
 from engine.db import Database
 from engine.files import write_private
 from engine.flavours import seed_flavours
@@ -29,10 +34,18 @@ log = logging.getLogger(__name__)
 class Runtime:
     """Everything the service runs; `start()` and `stop()` bracket its life (the app's lifespan)."""
 
-    def __init__(self, settings: Settings, connection: ProxmoxConnection | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        connection: ProxmoxConnection | None = None,
+        registry_settings: RegistrySettings | None = None,
+    ) -> None:
         self.settings = settings
         self.simulator: Any = None
         self.connection = connection
+        self.registry_settings = registry_settings
+        self.registry: RegistryHandle | None = None
+        self.advertiser: Advertiser | None = None
         self.db = Database(settings.db_url)
         self.keys = site_keys(settings.ssh_public_keys, settings.ssh_public_key_files)
         self.cluster: ClusterView | None = None
@@ -54,6 +67,7 @@ class Runtime:
             )
         self.cluster = ClusterView(self.connection, settings.refresh_interval_s, settings.stale_after_s)
         self.provisioner = Provisioner(settings, self.db, self.cluster, self.keys)
+        discovery_env = self._start_discovery(self.cluster) if settings.discovery_enabled else {}
         self.executor = Executor(
             self.db,
             ExecutorConfig(
@@ -66,7 +80,7 @@ class Runtime:
                 keep_runs=settings.keep_runs,
                 nice=settings.job_nice,
             ),
-            env=self.connection.ansible_env(),
+            env=self.connection.ansible_env() | discovery_env,
             secrets=[self.connection.secret],
             hostvars=self.provisioner.hostvars,
             on_outcome=self.provisioner.on_outcome,
@@ -80,14 +94,39 @@ class Runtime:
         self.executor.start()
         self.reconciler = Reconciler(self.db, self.cluster, settings.server_name_prefix)
         self.reconciler.start()
+        if self.advertiser is not None:
+            self.advertiser.start()
 
     def stop(self) -> None:
-        for part in (self.reconciler, self.executor, self.cluster):
+        for part in (self.reconciler, self.executor, self.advertiser, self.cluster, self.registry, self.simulator):
             if part is not None:
                 part.stop()
-        if self.simulator is not None:
-            self.simulator.stop()
         self.db.dispose()
+
+    def _start_discovery(self, cluster: ClusterView) -> dict[str, str]:
+        """Registry (embedded unless DISCOVERY_URL is set), provider key, advertiser; the playbooks' DISCOVERY_*."""
+        settings = self.settings
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per advertisement refresh otherwise
+        url = settings.discovery_url
+        if url is None:
+            registry_settings = self.registry_settings or RegistrySettings(state_dir=settings.state_dir)
+            self.registry = start_registry(registry_settings)
+            url = self.registry.url
+            log.info("embedded discovery registry at %s", url)
+        key = load_or_create_key(settings.provider_key_path)
+        log.info("discovery provider id %s (key in %s)", provider_id(key), settings.provider_key_path)
+        self.advertiser = Advertiser(
+            RegistryClient(url, key),
+            lambda: advertisement(settings, cluster.snapshot()),
+            settings.advertise_interval_s,
+        )
+        env = {
+            "DISCOVERY_URL": url,
+            "DISCOVERY_PROVIDER_KEY_FILE": str(settings.provider_key_path),
+            "DISCOVERY_HOST_SSH_USER": settings.cloud_init_user,
+        }
+        write_env_file(settings.state_dir / "discovery.env", env)
+        return env
 
     def _start_simulator(self) -> ProxmoxConnection:
         from engine.simulator import start_simulator
@@ -117,9 +156,9 @@ class Runtime:
 
 
 def write_env_file(path: Path, env: dict[str, str]) -> None:
-    """The PROXMOX_* settings for running the playbooks by hand against the embedded simulator (mode 0600)."""
+    """The playbooks' environment for running them by hand against `make run`'s defaults (mode 0600)."""
     lines = [f"{key}={shlex.quote(value)}\n" for key, value in sorted(env.items())]
-    write_private(path, "# written by `make run`; use with: set -a; . .run/proxmox.env; set +a\n" + "".join(lines))
+    write_private(path, f"# written by `make run`; use with: set -a; . .run/{path.name}; set +a\n" + "".join(lines))
 
 
 def create_app(runtime: Runtime) -> FastAPI:

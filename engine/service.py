@@ -42,6 +42,8 @@ from engine.sshkeys import InvalidSSHKey, normalise_key
 log = logging.getLogger(__name__)
 
 MANAGED_TAG = "provisioner"
+# The discovery registry group every VISA instance is registered in (create.yml registers it once ACTIVE).
+DISCOVERY_GROUP = "visa"
 ACTIVE_LIFECYCLES = (Lifecycle.BUILDING, Lifecycle.PROVISIONED, Lifecycle.ERROR)
 POWER_JOBS = (JobKind.START, JobKind.SHUTDOWN, JobKind.STOP, JobKind.REBOOT)
 
@@ -338,6 +340,7 @@ class Provisioner:
                 "vm_wait_for_address": True,
                 "vm_address_timeout": self.settings.address_timeout_s,
                 "vm_start_retries": self.settings.max_start_retry,
+                "vm_discovery_groups": [DISCOVERY_GROUP],
             }
             if storage and job.params["full_clone"]:
                 base["vm_storage"] = storage

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from discovery.schemas import country_code, ip_address
+
 REFERENCE = "VISA_WEB_PROVIDER_PROXMOX_"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,6 +85,28 @@ class Settings(BaseSettings):
     job_nice: int = Field(10, ge=0, le=19, validation_alias=env("PROVISIONER_JOB_NICE"))
     keep_runs: int = Field(200, ge=0, validation_alias=env("PROVISIONER_KEEP_RUNS"))
 
+    # --- Discovery: this provider's side (the registry reads its own DISCOVERY_* variables, discovery/settings.py)
+    discovery_enabled: bool = Field(True, validation_alias=env("PROVISIONER_DISCOVERY"))
+    discovery_url: str | None = Field(None, validation_alias=env("DISCOVERY_URL"))  # unset: the embedded registry
+    provider_key_file: Path | None = Field(None, validation_alias=env("DISCOVERY_PROVIDER_KEY_FILE"))
+    provider_name: str = Field(
+        "proxmox-provisioner",
+        min_length=1,
+        max_length=64,
+        validation_alias=env("PROVISIONER_PROVIDER_NAME", "GOLEM_PROVIDER_NAME"),
+    )
+    provider_country: str = Field("SE", validation_alias=env("PROVISIONER_PROVIDER_COUNTRY", "GOLEM_PROVIDER_COUNTRY"))
+    provider_ip: str | None = Field(None, validation_alias=env("PROVISIONER_PROVIDER_IP"))
+    provider_platform: str = Field(
+        "x86_64", pattern=r"^[A-Za-z0-9_.-]{1,32}$", validation_alias=env("PROVISIONER_PROVIDER_PLATFORM")
+    )
+    advertise_interval_s: float = Field(
+        240, ge=10, validation_alias=env("PROVISIONER_ADVERTISEMENT_INTERVAL", "GOLEM_PROVIDER_ADVERTISEMENT_INTERVAL")
+    )
+    cpu_threshold_pct: float = Field(90, gt=0, le=100, validation_alias=env("PROVISIONER_CPU_THRESHOLD"))
+    memory_threshold_pct: float = Field(85, gt=0, le=100, validation_alias=env("PROVISIONER_MEMORY_THRESHOLD"))
+    storage_threshold_pct: float = Field(90, gt=0, le=100, validation_alias=env("PROVISIONER_STORAGE_THRESHOLD"))
+
     # --- Embedded simulator (used only when no endpoint is set)
     sim_host: str = Field("127.0.0.1", validation_alias=env("PROVISIONER_SIM_HOST"))
     sim_port: int = Field(8006, ge=0, le=65535, validation_alias=env("PROVISIONER_SIM_PORT"))
@@ -100,6 +124,16 @@ class Settings(BaseSettings):
         if parts.scheme not in ("https", "http") or not parts.hostname:
             raise ValueError("must be a URL such as https://pve.example.org:8006/api2/json/")
         return value
+
+    @field_validator("provider_country")
+    @classmethod
+    def _country(cls, value: str) -> str:
+        return country_code(value)
+
+    @field_validator("provider_ip")
+    @classmethod
+    def _ip(cls, value: str | None) -> str | None:
+        return ip_address(value) if value is not None else None
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -149,6 +183,20 @@ class Settings(BaseSettings):
             return self.metadata_server.rstrip("/") + "/"
         host = "127.0.0.1" if self.server_host in ("0.0.0.0", "::", "") else self.server_host
         return f"http://{host}:{self.server_port}/seed/"
+
+    @property
+    def provider_key_path(self) -> Path:
+        return self.provider_key_file or self.state_dir / "discovery-provider.key"
+
+    @property
+    def advertised_ip(self) -> str:
+        """The address requestors reach this provider at: PROVISIONER_PROVIDER_IP, else the listen address."""
+        if self.provider_ip:
+            return self.provider_ip
+        try:
+            return ip_address(self.server_host) if self.server_host not in ("0.0.0.0", "::") else "127.0.0.1"
+        except ValueError:
+            return "127.0.0.1"
 
     @property
     def seed_path_prefix(self) -> str:

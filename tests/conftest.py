@@ -14,6 +14,7 @@ import httpx
 import pytest
 import uvicorn
 
+from discovery.settings import RegistrySettings
 from engine.proxmox import ProxmoxConnection
 from engine.runtime import Runtime, create_app
 from engine.settings import Settings
@@ -90,7 +91,10 @@ class LiveService:
         return wait_for(reached, timeout=timeout, what=f"instance {instance_id} to be {state}")
 
 
-def start_service(tmp_path: Path, simulator: Any, **overrides: Any) -> LiveService:
+def start_service(
+    tmp_path: Path, simulator: Any, registry: RegistrySettings | None = None, **overrides: Any
+) -> LiveService:
+    """The service on a free port; no discovery registry unless `discovery_enabled=True` (then on `registry`)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     values: dict[str, Any] = {
@@ -103,6 +107,7 @@ def start_service(tmp_path: Path, simulator: Any, **overrides: Any) -> LiveServi
         "refresh_interval_s": 0.3,
         "address_timeout_s": 60,
         "job_timeout_s": 300,
+        "discovery_enabled": False,
     }
     values.update(overrides)
     settings = Settings(**values)
@@ -114,7 +119,7 @@ def start_service(tmp_path: Path, simulator: Any, **overrides: Any) -> LiveServi
         timeout_s=10,
         verify=str(simulator.cafile),
     )
-    return LiveService(Runtime(settings, connection=connection), sock)
+    return LiveService(Runtime(settings, connection=connection, registry_settings=registry), sock)
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +162,29 @@ def visa_body(name: str = "VISA-INSTANCE-42", image: str = "9000", flavour: str 
     }
     body.update(extra)
     return body
+
+
+class FakeClock:
+    """Unix seconds that only move when a test says so."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def start_test_registry(tmp_path: Path, clock: Callable[[], float] = time.time, **settings: Any) -> Any:
+    """A discovery registry on a free loopback port with its own SQLite file; returns its handle."""
+    from discovery.server import start_registry
+
+    values: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "state_dir": tmp_path, **settings}
+    return start_registry(RegistrySettings(**values), clock=clock)

@@ -1,0 +1,162 @@
+#!/usr/bin/python
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: host
+short_description: Register or deregister a provisioned host in the discovery registry
+description:
+  - Reads the provider's record of the host first (a signed C(GET /api/v1/hosts)), and writes only when it
+    differs from the wanted one, so a second run reports no change.
+  - V(present) registers or updates the host (C(POST /api/v1/hosts)); V(absent) removes it
+    (C(DELETE /api/v1/hosts/{name})). Every request is signed with the provider key, so a provider can change
+    only its own records.
+extends_documentation_fragment:
+  - provisioner.discovery.connection
+options:
+  name:
+    description: Inventory name of the host (letters, digits, V(.), V(_), V(-); at most 63 characters).
+    type: str
+    required: true
+  address:
+    description: IP address or DNS name Ansible connects to (C(ansible_host)). Required with O(state=present).
+    type: str
+  ssh_port:
+    description: SSH port (C(ansible_port)).
+    type: int
+    default: 22
+  ssh_user:
+    description: SSH user (C(ansible_user)); omitted when not set.
+    type: str
+  groups:
+    description: Inventory groups of the host.
+    type: list
+    elements: str
+    default: []
+  vars:
+    description: Host variables (names must not start with C(ansible_)).
+    type: dict
+    default: {}
+  instance_id:
+    description: The provisioner's id of the machine (the VMID).
+    type: str
+  state:
+    description: Whether the host is registered.
+    type: str
+    choices: [present, absent]
+    default: present
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+author:
+  - proxmox-provisioner maintainers
+"""
+
+EXAMPLES = r"""
+- name: Register a VM once it has an address
+  provisioner.discovery.host:
+    name: web-1
+    address: 10.0.3.17
+    ssh_user: visa
+    groups: [visa, web]
+    vars:
+      role: frontend
+    instance_id: "100042"
+
+- name: Deregister it
+  provisioner.discovery.host:
+    name: web-1
+    state: absent
+"""
+
+RETURN = r"""
+host:
+  description: The registry's record of the host after the task (null when absent).
+  returned: always
+  type: dict
+provider_id:
+  description: This provider's id (the hex of the key's public half).
+  returned: always
+  type: str
+"""
+
+import ipaddress
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.provisioner.discovery.plugins.module_utils.registry import (
+    connection_argument_spec,
+    exit_converged,
+)
+
+HOSTS = "/api/v1/hosts"
+COMPARED = ("address", "ssh_port", "ssh_user", "groups", "vars", "instance_id")
+
+
+def wanted_record(params):
+    """The record as the registry will store it (same normalisation), to compare with what it has."""
+    address = params["address"]
+    try:
+        address = str(ipaddress.ip_address(address))
+    except ValueError:
+        address = address.lower()
+    return {
+        "name": params["name"],
+        "address": address,
+        "ssh_port": params["ssh_port"],
+        "ssh_user": params["ssh_user"],
+        "groups": list(dict.fromkeys(params["groups"])),
+        "vars": params["vars"],
+        "instance_id": params["instance_id"],
+    }
+
+
+def comparable(record):
+    return {field: record.get(field) for field in COMPARED} if record else None
+
+
+def current_record(registry, name):
+    found = registry.request("GET", HOSTS, query={"provider_id": registry.provider_id, "name": name})
+    return found[0] if found else None
+
+
+def converge(module, registry):
+    params = module.params
+    before = current_record(registry, params["name"])
+    if params["state"] == "absent":
+        if before is None:
+            return False, None, before
+        if not module.check_mode:
+            registry.request("DELETE", f"{HOSTS}/{params['name']}", missing_ok=True)
+        return True, None, before
+    wanted = wanted_record(params)
+    if comparable(before) == comparable(wanted):
+        return False, before, before
+    after = wanted if module.check_mode else registry.request("POST", HOSTS, payload=wanted)
+    return True, after, before
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            connection_argument_spec(),
+            name=dict(type="str", required=True),
+            address=dict(type="str"),
+            ssh_port=dict(type="int", default=22),
+            ssh_user=dict(type="str"),
+            groups=dict(type="list", elements="str", default=[]),
+            vars=dict(type="dict", default={}),
+            instance_id=dict(type="str"),
+            state=dict(type="str", choices=["present", "absent"], default="present"),
+        ),
+        required_if=[("state", "present", ["address"])],
+        supports_check_mode=True,
+    )
+    exit_converged(module, converge, "host", comparable)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The discovery registry: signed provider advertisements and a registry of provisioned hosts."""

@@ -1,0 +1,92 @@
+"""The registry application: routes, error envelope, per-client rate limit, and the expiry sweeper."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from discovery import routes, store
+from discovery.context import Registry
+from discovery.errors import RegistryError, error_response, install_error_handlers, rate_limited
+from discovery.settings import RegistrySettings
+from engine.db import Database
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+MAX_BODY_BYTES = 65_536
+UNLIMITED_PATHS = frozenset({"/health"})
+
+
+def create_app(settings: RegistrySettings, clock: Callable[[], float] = time.time) -> FastAPI:
+    registry = Registry(settings, Database(settings.db_url, MIGRATIONS), clock)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(registry.db.migrate)
+        if settings.accept_unsigned_providers:
+            log.warning(
+                "DISCOVERY_ACCEPT_UNSIGNED_PROVIDERS is on: advertisements with placeholder signatures are "
+                "accepted (anyone can write under an unsigned provider's id)"
+            )
+        sweeper = asyncio.create_task(_sweep_forever(registry))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            registry.db.dispose()
+
+    app = FastAPI(
+        title="Discovery registry",
+        version="0.1.0",
+        lifespan=lifespan,
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/v1/docs",
+        redoc_url=None,
+    )
+    app.state.registry = registry
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if request.url.path in UNLIMITED_PATHS:
+            return await call_next(request)
+        retry_after = registry.per_client.hit(request.client.host if request.client else "unknown")
+        if retry_after is not None:
+            return error_response(rate_limited(retry_after))
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > MAX_BODY_BYTES:
+            return error_response(RegistryError(413, "BODY_TOO_LARGE", f"bodies are limited to {MAX_BODY_BYTES} bytes"))
+        return await call_next(request)
+
+    app.include_router(routes.api)
+    app.include_router(routes.health)
+    return app
+
+
+def sweep_once(registry: Registry) -> tuple[int, int]:
+    with registry.db.session() as session:
+        return store.sweep(session, registry.now(), registry.settings.advertisement_ttl_s)
+
+
+async def _sweep_forever(registry: Registry) -> None:
+    while True:
+        await asyncio.sleep(registry.settings.cleanup_interval_s)
+        try:
+            ads, nonces = await run_in_threadpool(sweep_once, registry)
+        except Exception:
+            log.exception("the expiry sweep failed; trying again in %s s", registry.settings.cleanup_interval_s)
+            continue
+        if ads:
+            log.info("removed %d expired advertisement(s)", ads)
+        log.debug("forgot %d nonce(s) past the signature window", nonces)

@@ -1,0 +1,39 @@
+"""Registry configuration, from the Golem discovery server's variables (DISCOVERY_*) plus our own."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class RegistrySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", populate_by_name=True)
+
+    host: str = Field("127.0.0.1", validation_alias="DISCOVERY_HOST")
+    # 0 picks a free port (tests, several registries on one machine).
+    port: int = Field(7465, ge=0, le=65535, validation_alias="DISCOVERY_PORT")
+    rate_limit_per_minute: int = Field(100, ge=1, validation_alias="DISCOVERY_RATE_LIMIT_PER_MINUTE")
+    database_url: str | None = Field(None, validation_alias="DISCOVERY_DB_URL")
+    cleanup_interval_s: float = Field(60, gt=0, validation_alias="DISCOVERY_CLEANUP_INTERVAL_SECONDS")
+    advertisement_ttl_s: int = Field(300, ge=1, validation_alias="DISCOVERY_ADVERTISEMENT_TTL_SECONDS")
+    allowed_providers_csv: str = Field("", validation_alias="DISCOVERY_ALLOWED_PROVIDERS")
+    read_token: SecretStr | None = Field(None, validation_alias="DISCOVERY_READ_TOKEN")
+    accept_unsigned_providers: bool = Field(False, validation_alias="DISCOVERY_ACCEPT_UNSIGNED_PROVIDERS")
+    # Where the default SQLite file lives; `make run` shares the provisioner's state directory.
+    state_dir: Path = Field(
+        PROJECT_ROOT / ".run", validation_alias=AliasChoices("DISCOVERY_STATE_DIR", "PROVISIONER_STATE_DIR")
+    )
+
+    @cached_property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.state_dir / 'discovery.db'}"
+
+    @cached_property
+    def allowed_providers(self) -> frozenset[str]:
+        """Provider ids allowed to write; empty means every provider that proves its key."""
+        return frozenset(p.strip().lower() for p in self.allowed_providers_csv.split(",") if p.strip())

@@ -1,0 +1,256 @@
+"""The discovery Ansible content as operators run it: inventory/discovery.yml (ansible-inventory), the discovery
+role (playbooks/register.yml) and playbooks/advertise.yml, against a live registry (and the simulator)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from discovery import signing
+from discovery.client import ProviderAuth
+from engine.proxmox import ProxmoxConnection
+from engine.simulator import add_running_vms
+from tests.conftest import start_test_registry
+from tests.test_playbooks import recap
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ansible")]
+ROOT = Path(__file__).parents[1]
+BIN = Path(sys.executable).parent
+READ_TOKEN = "read-token-for-the-inventory-0123"
+TEMPLATE = "{{ lookup('ansible.builtin.pipe', 'id') }}"
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    handle = start_test_registry(tmp_path_factory.mktemp("registry"), read_token=READ_TOKEN)
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="module")
+def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("provider") / "provider.key"
+    signing.load_or_create_key(path)
+    return path
+
+
+def ansible(command: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), **env}
+    return subprocess.run(
+        [str(BIN / command), *args], env=full_env, cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+
+
+def hosts_of(registry: Any, key_file: Path) -> list[dict[str, Any]]:
+    auth = ProviderAuth(signing.load_key(key_file))
+    return httpx.get(f"{registry.url}/api/v1/hosts", auth=auth).json()  # type: ignore[no-any-return]
+
+
+# --- inventory plugin
+
+
+def test_the_inventory_lists_registered_hosts_with_their_connection_groups_and_vars(registry: Any, tmp_path: Path):
+    first, second = signing.load_or_create_key(tmp_path / "a.key"), signing.load_or_create_key(tmp_path / "b.key")
+    with httpx.Client(base_url=registry.url, auth=ProviderAuth(first)) as one:
+        one.post(
+            "/api/v1/hosts",
+            json={
+                "name": "inv-web-1",
+                "address": "10.0.3.17",
+                "ssh_user": "visa",
+                "groups": ["visa", "web"],
+                "vars": {"role": "frontend", "probe": TEMPLATE},
+                "instance_id": "100042",
+            },
+        ).raise_for_status()
+        one.post(
+            "/api/v1/hosts", json={"name": "inv-db-1", "address": "db1.example.org", "ssh_port": 2222, "groups": ["db"]}
+        ).raise_for_status()
+    with httpx.Client(base_url=registry.url, auth=ProviderAuth(second)) as two:
+        two.post("/api/v1/hosts", json={"name": "inv-db-1", "address": "10.9.9.9", "groups": ["db"]}).raise_for_status()
+
+    listed = ansible(
+        "ansible-inventory",
+        "-i",
+        "inventory/discovery.yml",
+        "--list",
+        DISCOVERY_URL=registry.url,
+        DISCOVERY_READ_TOKEN=READ_TOKEN,
+    )
+    assert listed.returncode == 0, listed.stderr
+    # ansible-inventory marks strings it will not template (all of the plugin's) as {"__ansible_unsafe": ...}.
+    inventory = json.loads(listed.stdout, object_hook=lambda d: d.get("__ansible_unsafe", d))
+    web = inventory["_meta"]["hostvars"]["inv-web-1"]
+    assert web["ansible_host"] == "10.0.3.17" and web["ansible_port"] == 22 and web["ansible_user"] == "visa"
+    assert web["role"] == "frontend" and web["discovery_instance_id"] == "100042"
+    assert web["discovery_provider_id"] == signing.provider_id(first)
+    assert "inv-web-1" in inventory["visa"]["hosts"] and "inv-web-1" in inventory["web"]["hosts"]
+    assert "inv-web-1" in inventory[f"discovery_provider_{signing.provider_id(first)[:12]}"]["hosts"]
+    db = inventory["_meta"]["hostvars"]["inv-db-1"]
+    assert db["ansible_host"] == "10.9.9.9" and "ansible_user" not in db  # the newer of the two records
+    assert "registered by providers" in listed.stderr
+
+    graph = ansible(
+        "ansible-inventory",
+        "-i",
+        "inventory/discovery.yml",
+        "--graph",
+        DISCOVERY_URL=registry.url,
+        DISCOVERY_READ_TOKEN=READ_TOKEN,
+    )
+    assert graph.returncode == 0 and "@visa:" in graph.stdout and "inv-web-1" in graph.stdout
+    assert READ_TOKEN not in graph.stdout + graph.stderr + listed.stdout + listed.stderr
+
+
+def test_registered_values_are_never_templated_on_the_controller(registry: Any):
+    shown = ansible(
+        "ansible",
+        "-i",
+        "inventory/discovery.yml",
+        "inv-web-1",
+        "-m",
+        "ansible.builtin.debug",
+        "-a",
+        "var=probe",
+        DISCOVERY_URL=registry.url,
+        DISCOVERY_READ_TOKEN=READ_TOKEN,
+    )
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert TEMPLATE in shown.stdout and "uid=" not in shown.stdout
+
+
+def test_the_inventory_fails_clearly_without_the_read_token(registry: Any):
+    refused = ansible(
+        "ansible-inventory",
+        "-i",
+        "inventory/discovery.yml",
+        "--list",
+        "-e",
+        "ansible_inventory_unparsed_failed=true",
+        DISCOVERY_URL=registry.url,
+        ANSIBLE_INVENTORY_UNPARSED_FAILED="true",
+    )
+    assert refused.returncode != 0
+    assert "AUTH_005" in refused.stderr
+
+
+# --- role
+
+
+def register(registry: Any, key_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return ansible(
+        "ansible-playbook",
+        "playbooks/register.yml",
+        *args,
+        DISCOVERY_URL=registry.url,
+        DISCOVERY_PROVIDER_KEY_FILE=str(key_file),
+    )
+
+
+def test_the_role_registers_idempotently_supports_check_mode_and_deregisters(registry: Any, key_file: Path):
+    wanted = [
+        "-e",
+        "discovery_host_name=role-web-1",
+        "-e",
+        "discovery_host_address=10.0.4.1",
+        "-e",
+        '{"discovery_host_groups": ["visa"], "discovery_instance_id": 100077}',
+    ]
+    first = register(registry, key_file, *wanted)
+    assert first.returncode == 0, first.stdout[-3000:]
+    assert recap(first.stdout)["localhost"]["changed"] == 1
+    [record] = hosts_of(registry, key_file)
+    assert (record["name"], record["address"], record["groups"], record["instance_id"]) == (
+        "role-web-1",
+        "10.0.4.1",
+        ["visa"],
+        "100077",
+    )
+    second = register(registry, key_file, *wanted)
+    assert second.returncode == 0 and recap(second.stdout)["localhost"]["changed"] == 0, second.stdout[-3000:]
+
+    planned = register(registry, key_file, *wanted, "-e", "discovery_host_address=10.0.4.2", "--check", "--diff")
+    assert planned.returncode == 0 and recap(planned.stdout)["localhost"]["changed"] == 1
+    assert "10.0.4.2" in planned.stdout and hosts_of(registry, key_file)[0]["address"] == "10.0.4.1"
+
+    gone = register(registry, key_file, "-e", "discovery_host_name=role-web-1", "-e", "discovery_state=absent")
+    assert gone.returncode == 0 and recap(gone.stdout)["localhost"]["changed"] == 1
+    assert hosts_of(registry, key_file) == []
+    again = register(registry, key_file, "-e", "discovery_host_name=role-web-1", "-e", "discovery_state=absent")
+    assert again.returncode == 0 and recap(again.stdout)["localhost"]["changed"] == 0
+
+
+def test_the_role_refuses_missing_inputs_before_any_request(registry: Any, key_file: Path):
+    no_address = register(registry, key_file, "-e", "discovery_host_name=role-web-2")
+    assert no_address.returncode != 0 and "discovery_host_address is required" in no_address.stdout
+    no_name = register(registry, key_file, "-e", "discovery_host_address=10.0.4.1")
+    assert no_name.returncode != 0 and "discovery_host_name" in no_name.stdout
+    no_url = ansible(
+        "ansible-playbook",
+        "playbooks/register.yml",
+        "-e",
+        "discovery_host_name=x",
+        "-e",
+        "discovery_host_address=10.0.0.1",
+        DISCOVERY_PROVIDER_KEY_FILE=str(key_file),
+    )
+    assert no_url.returncode != 0 and "DISCOVERY_URL" in no_url.stdout
+    assert hosts_of(registry, key_file) == []
+
+
+# --- advertise.yml
+
+
+def advertise(
+    simulator: Any, registry: Any, key_file: Path, *args: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    connection = ProxmoxConnection(
+        simulator.host, simulator.port, simulator.token_id, simulator.token_secret, 10, str(simulator.cafile)
+    )
+    return ansible(
+        "ansible-playbook",
+        "playbooks/advertise.yml",
+        *args,
+        **connection.ansible_env(),
+        DISCOVERY_URL=registry.url,
+        DISCOVERY_PROVIDER_KEY_FILE=str(key_file),
+        **env,
+    )
+
+
+def test_advertise_posts_the_free_capacity_from_committed_resources_and_withdraws_it_over_a_threshold(
+    simulator: Any, registry: Any, key_file: Path
+):
+    public = f"{registry.url}/api/v1/advertisements/{signing.provider_id(signing.load_key(key_file))}"
+    first = advertise(simulator, registry, key_file, PROVISIONER_PROVIDER_COUNTRY="fr")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
+    assert recap(first.stdout)["localhost"]["changed"] == 1
+    posted = httpx.get(public).json()
+    assert posted["country"] == "FR" and posted["provider_name"] == "proxmox-provisioner"
+    # Two 32-CPU, 128 GiB nodes, overcommit 4 and 1, no guest yet; storage 100 GiB per node in the simulator.
+    assert posted["resources"] == {"cpu": 128, "memory": 128, "storage": 100}
+    again = advertise(simulator, registry, key_file, PROVISIONER_PROVIDER_COUNTRY="fr")
+    assert again.returncode == 0 and recap(again.stdout)["localhost"]["changed"] == 0
+    assert httpx.get(public).json()["updated_at"] >= posted["updated_at"]
+
+    simulator.call(_add_guests(simulator))  # one 2-vCPU, 4 GiB guest on each node
+    busier = advertise(simulator, registry, key_file, PROVISIONER_PROVIDER_COUNTRY="fr")
+    assert busier.returncode == 0 and recap(busier.stdout)["localhost"]["changed"] == 1
+    assert httpx.get(public).json()["resources"] == {"cpu": 126, "memory": 124, "storage": 100}
+    # 4 GiB of 128 committed is over a 1 % memory threshold on every node: nothing to offer, withdrawn.
+    full = advertise(simulator, registry, key_file, PROVISIONER_MEMORY_THRESHOLD="1")
+    assert full.returncode == 0 and recap(full.stdout)["localhost"]["changed"] == 1, full.stdout[-3000:]
+    assert httpx.get(public).status_code == 404
+    assert simulator.token_secret not in first.stdout + first.stderr + full.stdout + full.stderr
+
+
+async def _add_guests(simulator: Any) -> None:
+    add_running_vms(simulator.sim, 2, 4400, "guest")
