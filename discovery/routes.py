@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -16,6 +16,7 @@ from discovery.models import Advertisement
 from discovery.schemas import AdvertisementIn, AdvertisementOut, Country, Deleted, HostIn, HostOut
 
 log = logging.getLogger(__name__)
+CHANGED_HEADER = "X-Registry-Changed"
 
 RegistryDep = Annotated[Registry, Depends(registry)]
 # Committed before the response goes out, so a client that reads right after its write sees it.
@@ -83,14 +84,22 @@ def delete_advertisement(
 
 @api.post("/hosts", response_model=HostOut, tags=["hosts"])
 def post_host(
-    body: HostIn, caller: Annotated[str, Depends(auth.signed_provider)], context: RegistryDep, db: SessionDep
+    body: HostIn,
+    caller: Annotated[str, Depends(auth.signed_provider)],
+    context: RegistryDep,
+    db: SessionDep,
+    response: Response,
 ) -> HostOut:
-    """Register a provisioned host, or replace the caller's record of that name (signed)."""
+    """Register a provisioned host, or replace the caller's record of that name (signed).
+
+    The header `X-Registry-Changed: true|false` says whether the record changed, so a client converges in one
+    request; an unchanged record keeps its `updated_at`."""
     try:
-        row = store.upsert_host(db, caller, body, context.now())
+        row, changed = store.upsert_host(db, caller, body, context.now())
     except SQLAlchemyError:
         log.exception("storing host %s of %s failed", body.name, caller)
         raise RegistryError(500, "HOST_001", "failed to store the host") from None
+    response.headers[CHANGED_HEADER] = "true" if changed else "false"
     return store.host_out(row)
 
 

@@ -114,8 +114,18 @@ def get_host(session: Session, provider_id: str, name: str) -> Host | None:
     return session.scalar(select(Host).where(Host.provider_id == provider_id, Host.name == name))
 
 
-def upsert_host(session: Session, provider_id: str, body: HostIn, now: datetime) -> Host:
+HOST_FIELDS = ("address", "ssh_port", "ssh_user", "vars", "instance_id")
+
+
+def upsert_host(session: Session, provider_id: str, body: HostIn, now: datetime) -> tuple[Host, bool]:
+    """The caller's record of body.name, created or replaced; and whether anything changed."""
     row = get_host(session, provider_id, body.name)
+    if (
+        row is not None
+        and row.groups == body.groups
+        and all(getattr(row, field) == getattr(body, field) for field in HOST_FIELDS)
+    ):
+        return row, False
     if row is None:
         row = Host(provider_id=provider_id, name=body.name, created_at=now)
         session.add(row)
@@ -131,7 +141,7 @@ def upsert_host(session: Session, provider_id: str, body: HostIn, now: datetime)
         row.group_rows = [HostGroup(group=group, position=i) for i, group in enumerate(body.groups)]
     row.updated_at = now
     session.flush()
-    return row
+    return row, True
 
 
 def find_hosts(

@@ -57,8 +57,11 @@ def hosts_of(registry: Any, key_file: Path) -> list[dict[str, Any]]:
 # --- inventory plugin
 
 
-def test_the_inventory_lists_registered_hosts_with_their_connection_groups_and_vars(registry: Any, tmp_path: Path):
-    first, second = signing.load_or_create_key(tmp_path / "a.key"), signing.load_or_create_key(tmp_path / "b.key")
+@pytest.fixture(scope="module")
+def registered(registry: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Hosts of two providers: inv-web-1 (with a template string in its vars), inv-db-1 registered by both."""
+    keys = tmp_path_factory.mktemp("inventory-providers")
+    first, second = signing.load_or_create_key(keys / "a.key"), signing.load_or_create_key(keys / "b.key")
     with httpx.Client(base_url=registry.url, auth=ProviderAuth(first)) as one:
         one.post(
             "/api/v1/hosts",
@@ -77,6 +80,11 @@ def test_the_inventory_lists_registered_hosts_with_their_connection_groups_and_v
     with httpx.Client(base_url=registry.url, auth=ProviderAuth(second)) as two:
         two.post("/api/v1/hosts", json={"name": "inv-db-1", "address": "10.9.9.9", "groups": ["db"]}).raise_for_status()
 
+    return first
+
+
+def test_the_inventory_lists_registered_hosts_with_their_connection_groups_and_vars(registry: Any, registered: Any):
+    first = registered
     listed = ansible(
         "ansible-inventory",
         "-i",
@@ -110,7 +118,7 @@ def test_the_inventory_lists_registered_hosts_with_their_connection_groups_and_v
     assert READ_TOKEN not in graph.stdout + graph.stderr + listed.stdout + listed.stderr
 
 
-def test_registered_values_are_never_templated_on_the_controller(registry: Any):
+def test_registered_values_are_never_templated_on_the_controller(registry: Any, registered: Any):  # noqa: ARG001
     shown = ansible(
         "ansible",
         "-i",

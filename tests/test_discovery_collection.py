@@ -178,3 +178,28 @@ def test_a_provider_withdraws_only_its_own_advertisement(registry: str, tmp_path
     assert not withdrawn["changed"]
     owners = f"{registry}/api/v1/advertisements/{signing.provider_id(signing.load_key(owner))}"
     assert httpx.get(owners).status_code == 200
+
+
+def test_a_rate_limited_request_is_sent_again_after_retry_after_within_the_budget(monkeypatch: pytest.MonkeyPatch):
+    from ansible_collections.provisioner.discovery.plugins.module_utils import registry as client
+
+    answers = [client.RegistryError("429", 429, "RATE_001", retry_after=2)] * 2 + [({"ok": True}, {})]
+    sent, slept = [], []
+
+    def once(*args: Any) -> Any:
+        sent.append(args)
+        answer = answers[len(sent) - 1]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(client.time, "sleep", slept.append)
+    patient = client.Registry("http://registry.invalid", rate_limit_wait=10)
+    monkeypatch.setattr(patient, "_exchange_once", once)
+    assert patient.request("POST", "/api/v1/hosts", payload={}) == {"ok": True}
+    assert slept == [2, 2] and len(sent) == 3
+
+    impatient = client.Registry("http://registry.invalid", rate_limit_wait=0)
+    monkeypatch.setattr(impatient, "_exchange_once", lambda *args: (_ for _ in ()).throw(answers[0]))
+    with pytest.raises(client.RegistryError, match="429"):
+        impatient.request("POST", "/api/v1/hosts", payload={})

@@ -372,6 +372,18 @@ def test_hosts_are_upserted_per_provider_and_name_and_filtered(registry: Registr
     assert sorted(names(provider_id=one_id)) == [("web-1", one_id), ("web-2", one_id)]
 
 
+def test_a_host_post_says_whether_the_record_changed_and_an_unchanged_one_keeps_updated_at(registry: Registry):
+    with registry.provider(Ed25519PrivateKey.generate()) as one:
+        first = one.post(HOSTS, json=host())
+        assert first.headers["X-Registry-Changed"] == "true"
+        registry.clock.advance(5)
+        same = one.post(HOSTS, json=host(groups=["visa", "visa"]))
+        assert same.headers["X-Registry-Changed"] == "false"
+        assert same.json()["updated_at"] == first.json()["updated_at"]
+        moved = one.post(HOSTS, json=host(address="10.0.3.18"))
+        assert moved.headers["X-Registry-Changed"] == "true" and moved.json()["address"] == "10.0.3.18"
+
+
 def test_a_provider_deregisters_only_its_own_hosts(registry: Registry):
     owner = Ed25519PrivateKey.generate()
     with registry.provider(owner) as one, registry.provider() as other:

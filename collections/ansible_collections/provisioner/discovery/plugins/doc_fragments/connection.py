@@ -24,6 +24,12 @@ options:
     description: Seconds to wait for each registry request.
     type: int
     default: 10
+  rate_limit_wait:
+    description:
+      - Seconds in all a request refused with 429 (rate limited) is sent again after the registry's Retry-After.
+      - 0 fails at the first 429.
+    type: int
+    default: 120
   validate_certs:
     description: Verify the registry's TLS certificate (HTTPS URLs).
     type: bool

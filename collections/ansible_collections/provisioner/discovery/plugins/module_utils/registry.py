@@ -30,10 +30,11 @@ except ImportError:
 
 
 class RegistryError(Exception):
-    def __init__(self, message, status=None, code=None):
+    def __init__(self, message, status=None, code=None, retry_after=None):
         super().__init__(message)
         self.status = status
         self.code = code
+        self.retry_after = retry_after
 
 
 def connection_argument_spec():
@@ -44,6 +45,7 @@ def connection_argument_spec():
             type="path", required=True, no_log=False, fallback=(env_fallback, ["DISCOVERY_PROVIDER_KEY_FILE"])
         ),
         timeout=dict(type="int", default=10),
+        rate_limit_wait=dict(type="int", default=120),
         validate_certs=dict(type="bool", default=True),
         ca_path=dict(type="path"),
     )
@@ -85,8 +87,11 @@ def signed_headers(key, method, path, body, timestamp=None, nonce=None):
 class Registry:
     """JSON requests to one registry: signed with `key`, or carrying the `read_token` bearer token."""
 
-    def __init__(self, url, key=None, read_token=None, timeout=10, validate_certs=True, ca_path=None):
+    def __init__(
+        self, url, key=None, read_token=None, timeout=10, validate_certs=True, ca_path=None, rate_limit_wait=0
+    ):
         self.base = url.rstrip("/")
+        self.rate_limit_wait = rate_limit_wait
         self.key = key
         self.read_token = read_token
         self.timeout = timeout
@@ -101,7 +106,15 @@ class Registry:
         except RegistryError as exc:
             module.fail_json(msg=str(exc))
         params = module.params
-        return cls(params["url"], key, None, params["timeout"], params["validate_certs"], params["ca_path"])
+        return cls(
+            params["url"],
+            key,
+            None,
+            params["timeout"],
+            params["validate_certs"],
+            params["ca_path"],
+            params["rate_limit_wait"],
+        )
 
     @property
     def provider_id(self):
@@ -109,6 +122,22 @@ class Registry:
 
     def request(self, method, path, query=None, payload=None, missing_ok=False):
         """The decoded JSON answer; None for a 404 when missing_ok; RegistryError otherwise."""
+        return self.exchange(method, path, query, payload, missing_ok)[0]
+
+    def exchange(self, method, path, query=None, payload=None, missing_ok=False):
+        """(decoded JSON answer, response headers). A 429 is sent again after its Retry-After (a fresh signature
+        and nonce each time) for up to rate_limit_wait seconds in all."""
+        deadline = time.monotonic() + self.rate_limit_wait
+        while True:
+            try:
+                return self._exchange_once(method, path, query, payload, missing_ok)
+            except RegistryError as exc:
+                wait = exc.retry_after
+                if exc.status != 429 or wait is None or time.monotonic() + wait > deadline:
+                    raise
+                time.sleep(wait)
+
+    def _exchange_once(self, method, path, query, payload, missing_ok):
         body = b"" if payload is None else json.dumps(payload).encode("utf-8")
         headers = {"Accept": "application/json"}
         if payload is not None:
@@ -129,10 +158,10 @@ class Registry:
                 ca_path=self.ca_path,
                 use_netrc=False,
             )
-            return json.loads(response.read() or b"null")
+            return json.loads(response.read() or b"null"), response.headers
         except HTTPError as exc:
             if exc.code == 404 and missing_ok:
-                return None
+                return None, exc.headers
             raise _answer_error(exc) from None
         except (URLError, OSError, ValueError) as exc:
             raise RegistryError(f"the discovery registry at {self.base} did not answer: {exc}") from None
@@ -144,7 +173,12 @@ def _answer_error(exc):
         code, message = answer["code"], answer["message"]
     except (ValueError, KeyError, TypeError):
         code, message = f"HTTP_{exc.code}", exc.reason
-    return RegistryError(f"the discovery registry refused: {exc.code} {code}: {message}", exc.code, code)
+    error = RegistryError(f"the discovery registry refused: {exc.code} {code}: {message}", exc.code, code)
+    try:
+        error.retry_after = max(0, int(exc.headers.get("Retry-After")))
+    except (TypeError, ValueError):
+        error.retry_after = None
+    return error
 
 
 def exit_converged(module, converge, result_key, comparable):

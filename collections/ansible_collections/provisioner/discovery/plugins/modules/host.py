@@ -93,6 +93,8 @@ from ansible_collections.provisioner.discovery.plugins.module_utils.registry imp
 )
 
 HOSTS = "/api/v1/hosts"
+# The registry's answer to a POST says whether the record changed (discovery/routes.py).
+CHANGED_HEADER = "X-Registry-Changed"
 COMPARED = ("address", "ssh_port", "ssh_user", "groups", "vars", "instance_id")
 
 
@@ -124,6 +126,19 @@ def current_record(registry, name):
 
 
 def converge(module, registry):
+    """One request in a plain run (the registry says whether it changed anything); check and diff mode read
+    the current record first, to report the difference without writing."""
+    params = module.params
+    if module.check_mode or module._diff:
+        return converge_by_comparing(module, registry)
+    if params["state"] == "absent":
+        gone = registry.request("DELETE", f"{HOSTS}/{params['name']}", missing_ok=True)
+        return gone is not None, None, None
+    after, headers = registry.exchange("POST", HOSTS, payload=wanted_record(params))
+    return headers.get(CHANGED_HEADER, "true") != "false", after, None
+
+
+def converge_by_comparing(module, registry):
     params = module.params
     before = current_record(registry, params["name"])
     if params["state"] == "absent":
