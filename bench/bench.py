@@ -225,9 +225,10 @@ def wait_active(client: httpx.Client, ids: list[str], started: float, timeout: f
         if time.perf_counter() - started > timeout:
             raise SystemExit(f"{len(pending)} instances not ACTIVE after {timeout} s")
         for instance_id in list(pending):
-            state = client.get(f"/api/instances/{instance_id}").json()["state"]
+            body = client.get(f"/api/instances/{instance_id}").json()
+            state = body["state"]
             if state == "ERROR":
-                raise SystemExit(f"instance {instance_id} went to ERROR")
+                raise SystemExit(f"instance {instance_id} went to ERROR: {body.get('fault')}")
             if state == "ACTIVE":
                 pending.discard(instance_id)
         time.sleep(0.5)

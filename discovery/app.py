@@ -27,7 +27,7 @@ UNLIMITED_PATHS = frozenset({"/health"})
 
 
 def create_app(settings: RegistrySettings, clock: Callable[[], float] = time.time) -> FastAPI:
-    registry = Registry(settings, Database(settings.db_url, MIGRATIONS), clock)
+    registry = Registry(settings, Database(settings.db_url, MIGRATIONS, immediate=True), clock)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from fastapi import Request
 from sqlalchemy.orm import Session
@@ -13,6 +14,8 @@ from sqlalchemy.orm import Session
 from discovery.ratelimit import RateLimiter
 from discovery.settings import RegistrySettings
 from engine.db import Database
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -40,7 +43,26 @@ def registry(request: Request) -> Registry:
     return request.app.state.registry  # type: ignore[no-any-return]
 
 
-def session(request: Request) -> Iterator[Session]:
-    """One session per request: committed when the handler succeeds, rolled back when it raises."""
-    with registry(request).db.session() as db_session:
+def committed(db: Session, answer: T) -> T:
+    """Commit in the handler's own thread, before FastAPI's response validation takes another pool thread."""
+    db.commit()
+    return answer
+
+
+async def session(request: Request) -> AsyncIterator[Session]:
+    """One session per request: committed when the handler succeeds, rolled back when it raises.
+
+    A transaction holds SQLite's write lock from its first statement (BEGIN IMMEDIATE) to its end, so it must
+    never wait for a pool thread: in a burst every pool thread can be waiting for that lock. Handlers end it
+    in their own thread (`committed`); this async teardown (on the event loop, no pool thread) commits what is
+    left and rolls back after an error.
+    """
+    db_session = registry(request).db.sessions()
+    try:
         yield db_session
+        db_session.commit()
+    except BaseException:
+        db_session.rollback()
+        raise
+    finally:
+        db_session.close()

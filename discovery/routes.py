@@ -10,7 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from discovery import auth, store
-from discovery.context import Registry, registry, session
+from discovery.context import Registry, committed, registry, session
 from discovery.errors import RegistryError, advertisement_not_found, host_not_found, not_owner
 from discovery.models import Advertisement
 from discovery.schemas import AdvertisementIn, AdvertisementOut, Country, Deleted, HostIn, HostOut
@@ -43,7 +43,7 @@ def post_advertisement(
     except SQLAlchemyError:
         log.exception("storing the advertisement of %s failed", caller.provider_id)
         raise RegistryError(500, "ADV_001", "failed to store the advertisement") from None
-    return store.advertisement_out(row)
+    return committed(db, store.advertisement_out(row))
 
 
 @api.get("/advertisements", response_model=list[AdvertisementOut], tags=["advertisements"])
@@ -58,7 +58,7 @@ def list_advertisements(
 ) -> list[AdvertisementOut]:
     """Live advertisements offering at least the given vCPUs and GB, in a country (ISO 3166-1 alpha-2)."""
     rows = store.find_advertisements(db, context.fresh_since(), cpu, memory, storage, country, platform)
-    return [store.advertisement_out(row) for row in rows]
+    return committed(db, [store.advertisement_out(row) for row in rows])
 
 
 @api.get("/advertisements/{provider_id}", response_model=AdvertisementOut, tags=["advertisements"])
@@ -67,7 +67,7 @@ def get_advertisement(provider_id: str, context: RegistryDep, db: SessionDep) ->
     row = store.live_advertisement(db, provider_id.lower(), context.fresh_since())
     if row is None:
         raise advertisement_not_found()
-    return store.advertisement_out(row)
+    return committed(db, store.advertisement_out(row))
 
 
 @api.delete("/advertisements/{provider_id}", response_model=Deleted, tags=["advertisements"])
@@ -79,7 +79,7 @@ def delete_advertisement(
         raise not_owner("only the provider that owns an advertisement may delete it")
     if not store.delete_advertisement(db, caller):
         raise advertisement_not_found()
-    return Deleted()
+    return committed(db, Deleted())
 
 
 @api.post("/hosts", response_model=HostOut, tags=["hosts"])
@@ -100,7 +100,7 @@ def post_host(
         log.exception("storing host %s of %s failed", body.name, caller)
         raise RegistryError(500, "HOST_001", "failed to store the host") from None
     response.headers[CHANGED_HEADER] = "true" if changed else "false"
-    return store.host_out(row)
+    return committed(db, store.host_out(row))
 
 
 @api.get("/hosts", response_model=list[HostOut], tags=["hosts"])
@@ -116,7 +116,7 @@ def list_hosts(
         if provider_id is not None and provider_id != reader:
             raise not_owner("a provider may read only its own hosts")
         provider_id = reader
-    return [store.host_out(row) for row in store.find_hosts(db, group, provider_id, name)]
+    return committed(db, [store.host_out(row) for row in store.find_hosts(db, group, provider_id, name)])
 
 
 @api.delete("/hosts/{name}", response_model=Deleted, tags=["hosts"])
@@ -124,7 +124,7 @@ def delete_host(name: str, caller: Annotated[str, Depends(auth.signed_provider)]
     """Deregister one of the caller's hosts (signed)."""
     if not store.delete_host(db, caller, name):
         raise host_not_found()
-    return Deleted()
+    return committed(db, Deleted())
 
 
 @health.get("/health", tags=["health"])

@@ -14,9 +14,19 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, immediate: bool = False) -> Engine:
+    """An engine for url. immediate (SQLite): every transaction starts with BEGIN IMMEDIATE.
+
+    Without it, pysqlite opens a deferred transaction that reads first and asks for the write lock later; two
+    of those that have both read cannot both upgrade, and SQLite answers "database is locked" at once instead of
+    waiting. Services whose every request writes (the discovery registry: nonces, upserts) take the write lock
+    up front, so concurrent requests queue on SQLite's busy timeout instead of failing.
+    """
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # immediate: as many connections as request threads (Starlette's pool has 40), so a request waiting
+        # for the write lock never also waits for a connection held by a request queued behind it.
+        pool = {"pool_size": 48, "max_overflow": 0} if immediate else {}
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
@@ -25,6 +35,14 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
+            if immediate:
+                dbapi_conn.isolation_level = None  # SQLAlchemy's begin event below opens the transactions
+
+        if immediate:
+
+            @event.listens_for(engine, "begin")
+            def _begin_immediate(connection):  # type: ignore[no-untyped-def]
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
@@ -40,11 +58,11 @@ def migrate(engine: Engine, migrations: Path = MIGRATIONS) -> None:
 
 
 class Database:
-    def __init__(self, url: str, migrations: Path = MIGRATIONS) -> None:
+    def __init__(self, url: str, migrations: Path = MIGRATIONS, immediate: bool = False) -> None:
         self.migrations = migrations
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, immediate)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def migrate(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -441,3 +442,17 @@ def test_health_and_openapi_paths(registry: Registry):
     paths = registry.anonymous.get("/api/v1/openapi.json").json()["paths"]
     assert {ADS, f"{ADS}/{{provider_id}}", HOSTS, f"{HOSTS}/{{name}}", "/health"} <= set(paths)
     error(registry.anonymous.get("/api/v1/nothing"), 404, "NOT_FOUND")
+
+
+def test_a_burst_of_concurrent_writes_all_succeed(registry: Registry):
+    """More concurrent writers than request threads: SQLite's write lock must never wait for a pool thread."""
+    key = Ed25519PrivateKey.generate()
+
+    def register(n: int) -> int:
+        with registry.provider(key) as client:
+            return client.post(HOSTS, json=host(f"burst-{n}", address=f"10.0.9.{n}")).status_code
+
+    with ThreadPoolExecutor(max_workers=60) as pool:
+        codes = list(pool.map(register, range(60)))
+    assert codes == [200] * 60
+    assert len(registry.anonymous.get(HOSTS, params={"provider_id": signing.provider_id(key)}).json()) == 60
