@@ -73,6 +73,7 @@ class Runtime:
             after_run=self.cluster.poke,
         )
         self.provisioner.executor = self.executor
+        self.provisioner.start()
         try:
             self.cluster.start()
         except Exception:
@@ -82,7 +83,7 @@ class Runtime:
         self.reconciler.start()
 
     def stop(self) -> None:
-        for part in (self.reconciler, self.executor, self.cluster):
+        for part in (self.provisioner, self.reconciler, self.executor, self.cluster):
             if part is not None:
                 part.stop()
         if self.simulator is not None:
