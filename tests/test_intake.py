@@ -33,6 +33,7 @@ from engine.proxmox import NodeInfo, ProxmoxUnavailable, Snapshot, StorageInfo, 
 from engine.settings import Settings
 from engine.vmids import VmidAllocator
 from tests.conftest import SITE_KEY, USER_KEY
+from tests.test_executor import add_instance
 
 GiB = 1024**3
 TEMPLATE = 9000
@@ -276,24 +277,9 @@ def test_an_unreachable_proxmox_is_asked_once_per_group(store: Database, make_in
     assert rows(store) == ([], [])
 
 
-def stored_instance(vmid: int) -> Instance:
-    return Instance(
-        id=vmid,
-        name=f"vm{vmid}",
-        vm_name=f"vm{vmid}",
-        image_id="9000",
-        flavour_id="small",
-        node="pve1",
-        cores=1,
-        memory_mb=512,
-        disk_gb=1,
-        seed_token=f"token-{vmid}",
-    )
-
-
 def test_vmids_continue_after_the_last_handed_out_skip_ids_in_use_and_wrap_around(store: Database):
-    with store.session() as session:
-        session.add_all([stored_instance(103), stored_instance(101)])
+    add_instance(store, 103)
+    add_instance(store, 101)
     allocator = VmidAllocator(100, 109)
     with store.session() as session:
         first = allocator.free_ids(session, in_proxmox={105})
@@ -303,8 +289,8 @@ def test_vmids_continue_after_the_last_handed_out_skip_ids_in_use_and_wrap_aroun
 
 
 def test_a_full_vmid_range_is_no_capacity(store: Database):
-    with store.session() as session:
-        session.add_all([stored_instance(100), stored_instance(101)])
+    add_instance(store, 100)
+    add_instance(store, 101)
     with store.session() as session:
         settings = Settings(insecure_no_auth=True, vmid_min=100, vmid_max=102)  # type: ignore[call-arg]
         capacity = Capacity(session, cluster_snapshot(), settings, VmidAllocator(100, 102))
