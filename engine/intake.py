@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import insert, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from engine.capacity import Capacity
@@ -107,8 +107,8 @@ class CreateIntake:
                 if instances:
                     session.execute(insert(Instance.__table__), instances)
                     session.execute(insert(Job.__table__), jobs)
-        except SQLAlchemyError:
-            log.exception("storing a group of %d create(s) failed; none was stored", len(requests))
+        except SQLAlchemyError as exc:
+            log.error("storing a group of %d create(s) failed, none was stored: %s", len(requests), _describe(exc))
             return [StoreUnavailable("the instance could not be stored; nothing was created") for _ in requests]
         if instances:
             self._on_committed()
@@ -212,6 +212,12 @@ class GroupReads:
 
 
 _UNREACHABLE = object()
+
+
+def _describe(exc: SQLAlchemyError) -> str:
+    """The database's own error, first line: SQLAlchemy's message would show the rows, seed tokens included."""
+    cause = exc.orig if isinstance(exc, DBAPIError) else exc
+    return f"{type(cause).__name__}: {next(iter(str(cause).splitlines()), '')}"
 
 
 def _template(snapshot: Snapshot, image_id: str) -> VmInfo:

@@ -219,11 +219,16 @@ def commit_fails(store: Database) -> Iterator[None]:
 
 @pytest.mark.parametrize("failure", [jobs_insert_fails, commit_fails])
 def test_a_failing_store_refuses_every_create_of_the_group_and_keeps_none(
-    store: Database, make_intake: Callable[..., Intake], failure: Callable[[Database], Any]
+    store: Database,
+    make_intake: Callable[..., Intake],
+    failure: Callable[[Database], Any],
+    caplog: pytest.LogCaptureFixture,
 ):
     intake = make_intake()
     with failure(store):
         outcomes = intake.intake.store_group([create(n) for n in range(5)])
+    assert "OperationalError: disk I/O error" in caplog.text
+    assert "[parameters" not in caplog.text and "VISA-INSTANCE" not in caplog.text, "no row (seed token) is logged"
     assert all(isinstance(o, StoreUnavailable) and o.status == 503 for o in outcomes), outcomes
     assert {o.code for o in outcomes} == {"store_unavailable"}  # type: ignore[union-attr]
     assert rows(store) == ([], []), "nothing of the group was kept"
