@@ -1,6 +1,7 @@
 """Benchmark on the embedded simulator, with baselines measured in the same run.
 
     python bench/bench.py [--creates 50] [--list 200] [--time-scale 0]
+    python bench/bench.py --only post [--creates 50] [--repeat 3] [--against REV]
 
 Starts the simulator and the service as separate processes (so the service's RSS is its own), then:
   1. one create alone, POST → ACTIVE (the in-run baseline: N creates one after another take N x this);
@@ -12,6 +13,14 @@ Starts the simulator and the service as separate processes (so the service's RSS
   4. peak RSS of the service process, and of its process tree (ansible-playbook and forks included).
 The reference provider's own figures (shared notes, reference-baseline.md, same simulator kind) are
 printed beside ours for context.
+
+`--only post` measures just the POST burst (a fresh simulator and service per repeat): one POST alone (the
+in-run baseline), then N concurrent POSTs. `--against REV` measures git revision REV the same way, with
+its runs interleaved with this tree's, so both see the same machine load; ratios compare the medians.
+
+The burst client sends each POST on its own keep-alive connection opened beforehand (VISA's REST client
+pools its connections) and does nothing else while the answers come in, so a request's latency is the
+time from writing it to reading its whole answer, not the client's own queueing.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import io
 import json
 import os
 import re
@@ -28,6 +38,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -63,7 +74,9 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 class Processes:
-    def __init__(self, workdir: Path, time_scale: float, running_vms: int) -> None:
+    """The simulator and the service, each a process of its own, run from the source tree `root`."""
+
+    def __init__(self, workdir: Path, time_scale: float, running_vms: int, root: Path = ROOT) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
         self.sim_port = free_port()
         sim_dir = workdir / "simulator"
@@ -91,7 +104,7 @@ class Processes:
                 "--node-memory-gib",
                 "1024",
             ],
-            cwd=ROOT,
+            cwd=root,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -121,8 +134,8 @@ class Processes:
             PROVISIONER_LOG_LEVEL="WARNING",
         )
         self.service = subprocess.Popen(
-            [str(Path(sys.executable).parent / "provisioner"), "run"],
-            cwd=ROOT,
+            [sys.executable, "-m", "engine.cli", "run"],  # the `provisioner` command, from `root`
+            cwd=root,
             env=service_env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -206,17 +219,54 @@ def create_body(n: int) -> dict[str, Any]:
     }
 
 
-async def burst(base: str, numbers: list[int]) -> list[tuple[int, float, int, str]]:
-    async with httpx.AsyncClient(
-        base_url=base, headers={"X-Auth-Token": TOKEN}, timeout=60, limits=httpx.Limits(max_connections=len(numbers))
-    ) as client:
+def post_request(port: int, n: int) -> bytes:
+    body = json.dumps(create_body(n)).encode()
+    head = (
+        f"POST /api/instances HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Auth-Token: {TOKEN}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
 
-        async def one(n: int) -> tuple[int, float, int, str]:
+
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, str]:
+    """One HTTP/1.1 request on a keep-alive connection; the answer's status and body."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    body = await reader.readexactly(int(length.group(1)) if length else 0)
+    return int(head.split(b" ", 2)[1]), body.decode()
+
+
+async def burst(port: int, numbers: list[int]) -> list[tuple[int, float, int, str]]:
+    """POST every create at once, one pre-opened connection each: (n, seconds, status, body) per create."""
+    connections = [await asyncio.open_connection("127.0.0.1", port) for _ in numbers]
+    requests = [post_request(port, n) for n in numbers]
+
+    async def one(n: int, connection: tuple[asyncio.StreamReader, asyncio.StreamWriter], request: bytes):
+        start = time.perf_counter()
+        status, body = await exchange(*connection, request)
+        return n, time.perf_counter() - start, status, body
+
+    try:
+        return list(await asyncio.gather(*(one(*args) for args in zip(numbers, connections, requests, strict=True))))
+    finally:
+        for _, writer in connections:
+            writer.close()
+
+
+async def serial_posts(port: int, numbers: list[int]) -> list[tuple[int, float, int, str]]:
+    """The same POSTs one after another on one connection: one create alone, the in-run baseline."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    answers = []
+    try:
+        for n in numbers:
+            request = post_request(port, n)
             start = time.perf_counter()
-            response = await client.post("/api/instances", json=create_body(n))
-            return n, time.perf_counter() - start, response.status_code, response.text
-
-        return list(await asyncio.gather(*(one(n) for n in numbers)))
+            status, body = await exchange(reader, writer, request)
+            answers.append((n, time.perf_counter() - start, status, body))
+    finally:
+        writer.close()
+    return answers
 
 
 def wait_active(client: httpx.Client, ids: list[str], started: float, timeout: float = 900) -> float:
@@ -281,7 +331,17 @@ def main() -> None:
     parser.add_argument("--creates", type=int, default=50)
     parser.add_argument("--list", type=int, default=200)
     parser.add_argument("--time-scale", type=float, default=0.0)
+    parser.add_argument("--only", choices=["post"], help="run one phase only: post, the POST burst")
+    parser.add_argument("--repeat", type=int, default=3, help="with --only post: fresh services per tree")
+    parser.add_argument("--against", metavar="REV", help="with --only post: also measure this git revision")
     args = parser.parse_args()
+    if args.only == "post":
+        post_benchmark(args.creates, args.repeat, args.against)
+    else:
+        full_benchmark(args)
+
+
+def full_benchmark(args: argparse.Namespace) -> None:
     results: dict[str, Any] = {"creates": args.creates, "list_size": args.list}
     with tempfile.TemporaryDirectory(prefix="provisioner-bench-") as tmp:
         adopted = max(0, args.list - 1 - args.creates)
@@ -296,7 +356,7 @@ def main() -> None:
 
             numbers = list(range(1000, 1000 + args.creates))
             started = time.perf_counter()
-            answers = asyncio.run(burst(procs.base, numbers))
+            answers = asyncio.run(burst(procs.port, numbers))
             latencies = [a[1] for a in answers]
             created = {n: json.loads(text)["id"] for n, _, status, text in answers if status == 201}
             results |= {
@@ -335,6 +395,89 @@ def main() -> None:
             procs.stop()
         results |= {"rss_peak_service_mib": sampler.peak_self / 1024, "rss_peak_tree_mib": sampler.peak_tree / 1024}
     report(results)
+
+
+SERIAL_POSTS = 4  # the first one warms the service up and is not counted
+
+
+def post_burst(root: Path, creates: int) -> dict[str, Any]:
+    """On a fresh simulator and service from `root`: one POST alone, then `creates` concurrent POSTs."""
+    with tempfile.TemporaryDirectory(prefix="provisioner-bench-") as tmp:
+        procs = Processes(Path(tmp), 0.0, 0, root)
+        client = httpx.Client(base_url=procs.base, headers={"X-Auth-Token": TOKEN}, timeout=60)
+        try:
+            serial = asyncio.run(serial_posts(procs.port, list(range(1, 1 + SERIAL_POSTS))))
+            if any(status != 201 for _, _, status, _ in serial):
+                raise SystemExit(f"a single create failed: {serial}")
+            # Their playbook run would compete with the burst for the CPU.
+            wait_active(client, [json.loads(body)["id"] for *_, body in serial], time.perf_counter())
+            answers = asyncio.run(burst(procs.port, list(range(1000, 1000 + creates))))
+            created = {n: json.loads(body)["id"] for n, _, status, body in answers if status == 201}
+            crossed = sum(
+                client.get(f"/api/instances/{instance_id}").json()["name"] != f"VISA-INSTANCE-{n}"
+                for n, instance_id in created.items()
+            )
+        finally:
+            client.close()
+            procs.stop()
+    latencies = [a[1] for a in answers]
+    return {
+        "one_alone_ms": statistics.median(a[1] for a in serial[1:]) * 1000,
+        "ok": len(created),
+        "distinct_ids": len(set(created.values())),
+        "crossed": crossed,
+        "p50_ms": percentile(latencies, 50) * 1000,
+        "p99_ms": percentile(latencies, 99) * 1000,
+    }
+
+
+def source_tree(rev: str, into: Path) -> Path:
+    """The files of git revision `rev` of this repository, extracted into `into`."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def post_benchmark(creates: int, repeat: int, against: str | None) -> None:
+    with tempfile.TemporaryDirectory(prefix="provisioner-bench-rev-") as tmp:
+        trees = {"this tree": ROOT}
+        if against:
+            trees = {against: source_tree(against, Path(tmp)), **trees}
+        runs: dict[str, list[dict[str, Any]]] = {label: [] for label in trees}
+        for attempt in range(repeat):
+            for label, root in trees.items():
+                runs[label].append(post_burst(root, creates))
+                print(f"run {attempt + 1}/{repeat} {label}: {json.dumps(runs[label][-1])}", flush=True)
+    report_post(creates, runs)
+
+
+def report_post(creates: int, runs: dict[str, list[dict[str, Any]]]) -> None:
+    """Per tree: the medians over its runs (each run is a fresh service), then this tree's ratio to the other."""
+    medians: dict[str, dict[str, float]] = {}
+    print(f"\nPOST /api/instances, {creates} concurrent; medians of {len(next(iter(runs.values())))} fresh services")
+    for label, results in runs.items():
+        median = {key: statistics.median(r[key] for r in results) for key in ("one_alone_ms", "p50_ms", "p99_ms")}
+        medians[label] = median
+        every_p99 = ", ".join(f"{r['p99_ms']:.0f}" for r in results)
+        accepted = min(r["ok"] for r in results)
+        distinct = min(r["distinct_ids"] for r in results)
+        crossed = max(r["crossed"] for r in results)
+        print(f"{label}: accepted {accepted}/{creates}, distinct ids {distinct}, names crossed {crossed}")
+        print(f"  one POST alone (in-run baseline)  {median['one_alone_ms']:.1f} ms")
+        print(
+            f"  burst p50 / p99                   {median['p50_ms']:.0f} / {median['p99_ms']:.0f} ms (p99s {every_p99})"
+        )
+        print(f"  p99 ÷ {creates} POSTs one after another {median['p99_ms'] / (creates * median['one_alone_ms']):.2f}")
+    if len(medians) == 2:
+        (base_label, base), (_, ours) = medians.items()
+        print(
+            f"this tree ÷ {base_label}: p50 {ours['p50_ms'] / base['p50_ms']:.2f}, "
+            f"p99 {ours['p99_ms'] / base['p99_ms']:.2f}"
+        )
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "post.json").write_text(json.dumps({"creates": creates, "runs": runs}, indent=2), encoding="utf-8")
 
 
 def report(r: dict[str, Any]) -> None:

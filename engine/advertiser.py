@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from discovery.client import RegistryClient, RegistryRequestError
-from engine.capacity import Thresholds, largest_offer
+from engine.free_capacity import Thresholds, largest_offer
 from engine.proxmox import Snapshot
 from engine.settings import Settings
 

@@ -1,75 +1,63 @@
-"""Free capacity to advertise: the largest VM one node can still take, from committed resources.
+"""What a group of creates may take: the instance quota, room on the nodes and free VMIDs.
 
-Capacities and committed resources are placement's (engine.placement), so an advertised size is one that
-placement accepts, and the best node is the one placement would pick. The Golem provider's thresholds apply
-per node: a node whose committed vCPUs exceed the CPU threshold of its capacity, whose committed memory
-exceeds the memory threshold, or with no image storage under the storage threshold, offers nothing.
+Read from the store once per group, then updated in memory as each create of the group is placed, so the
+creates of one group count each other exactly as they count the committed ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
-from engine.placement import GiB, NodeLoad, Request, Reservation, choose_node, node_loads
-from engine.proxmox import Snapshot, StorageInfo
+from engine.errors import NoCapacityError, QuotaExceeded
+from engine.models import Instance, Lifecycle
+from engine.placement import NoCapacity, Request, Reservation, choose_node, node_loads, place
+from engine.proxmox import Snapshot
+from engine.settings import Settings
+from engine.vmids import VmidAllocator
 
-ANY_SIZE = Request(cores=0, memory_mb=0, allowed_nodes=None)
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Fractions of capacity (committed vCPUs, committed memory, used storage) above which a node offers nothing."""
-
-    cpu: float = 0.90
-    memory: float = 0.85
-    storage: float = 0.90
+ACTIVE_LIFECYCLES = (Lifecycle.BUILDING, Lifecycle.PROVISIONED, Lifecycle.ERROR)  # what the quota counts
 
 
-@dataclass(frozen=True)
-class Offer:
-    node: str
-    cpu: int
-    memory_gb: int
-    storage_gb: int
+def instances_in_quota(session: Session) -> int:
+    return session.scalar(select(func.count(Instance.id)).where(Instance.lifecycle.in_(ACTIVE_LIFECYCLES))) or 0
 
 
-def node_offer(load: NodeLoad, storages: Iterable[StorageInfo], thresholds: Thresholds) -> Offer | None:
-    if load.cpu_committed > thresholds.cpu * load.cpu_capacity:
-        return None
-    if load.mem_committed > thresholds.memory * load.mem_capacity:
-        return None
-    free_storage = [s.total - s.used for s in storages if s.total > 0 and s.used <= thresholds.storage * s.total]
-    if not free_storage:
-        return None
-    offer = Offer(load.node, int(load.cpu_free), int(load.mem_free // GiB), max(free_storage) // GiB)
-    return offer if min(offer.cpu, offer.memory_gb, offer.storage_gb) >= 1 else None
+def building_reservations(session: Session, snapshot: Snapshot) -> list[Reservation]:
+    """Instances being built that Proxmox does not show yet: their resources are committed all the same."""
+    rows = session.execute(
+        select(Instance.id, Instance.node, Instance.cores, Instance.memory_mb).where(
+            Instance.lifecycle == Lifecycle.BUILDING
+        )
+    )
+    return [Reservation(*row) for row in rows if row[0] not in snapshot.vms]
 
 
-def image_storages(snapshot: Snapshot, node: str, only: str | None = None) -> list[StorageInfo]:
-    """The storages of a node that can hold VM disks (only the named one when the site fixes it)."""
-    return [
-        s for s in snapshot.storages if s.node == node and "images" in s.content and (only is None or s.name == only)
-    ]
+class Capacity:
+    def __init__(self, session: Session, snapshot: Snapshot, settings: Settings, vmids: VmidAllocator) -> None:
+        self._settings = settings
+        self._used = instances_in_quota(session)
+        self._loads = node_loads(
+            snapshot,
+            building_reservations(session, snapshot),
+            settings.cpu_overcommit,
+            settings.memory_overcommit,
+            settings.node_allowlist,
+        )
+        self._free_vmids = vmids.free_ids(session, snapshot.vms)
 
-
-def largest_offer(
-    snapshot: Snapshot,
-    cpu_ratio: float,
-    mem_ratio: float,
-    select_coeff: int,
-    thresholds: Thresholds,
-    allowlist: frozenset[str] = frozenset(),
-    storage: str | None = None,
-    reservations: Iterable[Reservation] = (),
-) -> Offer | None:
-    """The offer of the node placement would choose among those offering anything; None when none does."""
-    loads = node_loads(snapshot, reservations, cpu_ratio, mem_ratio, allowlist)
-    offers = {}
-    for name, load in loads.items():
-        offer = node_offer(load, image_storages(snapshot, name, storage), thresholds)
-        if offer is not None:
-            offers[name] = offer
-    if not offers:
-        return None
-    return offers[choose_node({name: loads[name] for name in offers}, ANY_SIZE, select_coeff)]
+    def reserve(self, request: Request) -> Reservation:
+        """A quota slot, a node and a VMID for one create, counted for the next ones."""
+        if self._used >= self._settings.max_instances:
+            raise QuotaExceeded(f"the instance quota ({self._settings.max_instances}) is used up")
+        try:
+            node = choose_node(self._loads, request, self._settings.select_coeff)
+        except NoCapacity as exc:
+            raise NoCapacityError(str(exc)) from exc
+        vmid = next(self._free_vmids, None)
+        if vmid is None:
+            raise NoCapacityError("no free VMID left in the configured range")
+        reservation = Reservation(vmid, node, request.cores, request.memory_mb)
+        place(self._loads, reservation)
+        self._used += 1
+        return reservation

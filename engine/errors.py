@@ -55,3 +55,8 @@ class Conflict(ProvisionerError):
 class BackendUnavailable(ProvisionerError):
     status = 503
     code = "backend_unavailable"
+
+
+class StoreUnavailable(ProvisionerError):
+    status = 503
+    code = "store_unavailable"

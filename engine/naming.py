@@ -1,4 +1,4 @@
-"""Proxmox-safe names derived from client-chosen names."""
+"""Proxmox-safe names derived from client-chosen names, and VMIDs read from client-sent ids."""
 
 from __future__ import annotations
 
@@ -18,3 +18,11 @@ def vm_name(name: str, vmid: int) -> str:
 
 def hostname(name: str, vmid: int) -> str:
     return vm_name(name, vmid).lower()
+
+
+def as_vmid(value: str | int) -> int | None:
+    """The VMID a client-sent id names, or None when it cannot be one."""
+    text = str(value).strip()
+    if not text.isdigit() or len(text) > 9:
+        return None
+    return int(text)

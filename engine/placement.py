@@ -9,7 +9,7 @@ its units fixed: free vCPUs x SELECT_COEFF + free memory in bytes (4 GiB per vCP
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from engine.proxmox import Snapshot
 
@@ -91,3 +91,13 @@ def choose_node(loads: dict[str, NodeLoad], request: Request, select_coeff: int)
     if best is None:
         raise NoCapacity(f"no node has {request.cores} vCPUs and {request.memory_mb} MB uncommitted")
     return best[1]
+
+
+def place(loads: dict[str, NodeLoad], reservation: Reservation) -> None:
+    """Count a reservation just made in its node's load, for the next choice from the same loads."""
+    load = loads[reservation.node]
+    loads[reservation.node] = replace(
+        load,
+        cpu_committed=load.cpu_committed + reservation.cores,
+        mem_committed=load.mem_committed + reservation.memory_mb * MiB,
+    )

@@ -87,6 +87,7 @@ class Runtime:
             after_run=self.cluster.poke,
         )
         self.provisioner.executor = self.executor
+        self.provisioner.start()
         try:
             self.cluster.start()
         except Exception:
@@ -98,7 +99,15 @@ class Runtime:
             self.advertiser.start()
 
     def stop(self) -> None:
-        for part in (self.reconciler, self.executor, self.advertiser, self.cluster, self.registry, self.simulator):
+        for part in (
+            self.provisioner,
+            self.reconciler,
+            self.executor,
+            self.advertiser,
+            self.cluster,
+            self.registry,
+            self.simulator,
+        ):
             if part is not None:
                 part.stop()
         self.db.dispose()

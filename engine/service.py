@@ -7,55 +7,32 @@ Proxmox to change anything (jobs do), and reads only the cluster snapshot.
 from __future__ import annotations
 
 import logging
-import secrets
-import threading
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engine import cloudinit
+from engine.capacity import building_reservations, instances_in_quota
 from engine.db import Database
-from engine.errors import (
-    BackendUnavailable,
-    Conflict,
-    InvalidSSHKeyError,
-    NoCapacityError,
-    NotFound,
-    QuotaExceeded,
-    UnknownFlavour,
-    UnknownImage,
-    UnknownSecurityGroup,
-)
+from engine.errors import BackendUnavailable, Conflict, NotFound
 from engine.flavours import list_flavours
+from engine.intake import CreateIntake, CreateRequest, check_security_groups
 from engine.jobs.executor import Executor
 from engine.jobs.runner import ADDRESS, HostOutcome
 from engine.models import Flavour, Instance, Job, JobKind, JobState, Lifecycle, utcnow
-from engine.naming import hostname, vm_name
-from engine.placement import NoCapacity, Request, Reservation, choose_node, node_loads
+from engine.naming import as_vmid, hostname
 from engine.proxmox import ClusterView, ProxmoxUnavailable, Snapshot
 from engine.settings import Settings
-from engine.sshkeys import InvalidSSHKey, normalise_key
 
 log = logging.getLogger(__name__)
 
 MANAGED_TAG = "provisioner"
 # The discovery registry group every VISA instance is registered in (create.yml registers it once ACTIVE).
 DISCOVERY_GROUP = "visa"
-ACTIVE_LIFECYCLES = (Lifecycle.BUILDING, Lifecycle.PROVISIONED, Lifecycle.ERROR)
 POWER_JOBS = (JobKind.START, JobKind.SHUTDOWN, JobKind.STOP, JobKind.REBOOT)
-
-
-@dataclass(frozen=True)
-class CreateRequest:
-    name: str
-    image_id: str
-    flavour_id: str
-    security_groups: list[str]
-    metadata: dict[str, str | None]
-    boot_command: str | None
 
 
 @dataclass(frozen=True)
@@ -76,9 +53,13 @@ class Provisioner:
         self.cluster = cluster
         self.site_keys = site_keys
         self.executor: Executor | None = None
-        self._vmid_lock = threading.Lock()
-        self._inflight: dict[int, Reservation] = {}  # reserved, not committed yet
-        self._last_vmid: int | None = None
+        self.intake = CreateIntake(settings, db, cluster, site_keys, on_committed=self._notify)
+
+    def start(self) -> None:
+        self.intake.start()
+
+    def stop(self) -> None:
+        self.intake.stop()
 
     # ------------------------------------------------------------------ reads
 
@@ -86,7 +67,7 @@ class Provisioner:
         return self._snapshot_or_fail().templates
 
     def image(self, image_id: str) -> Any:
-        vmid = _as_vmid(image_id)
+        vmid = as_vmid(image_id)
         template = self._snapshot_or_fail().vms.get(vmid) if vmid is not None else None
         if template is None or not template.template:
             raise NotFound(f"image {image_id!r} does not exist")
@@ -133,7 +114,7 @@ class Provisioner:
         return views
 
     def view(self, instance_id: str) -> InstanceView:
-        vmid = _as_vmid(instance_id)
+        vmid = as_vmid(instance_id)
         found = self.views(vmid) if vmid is not None else []
         if not found:
             raise NotFound(f"instance {instance_id!r} does not exist")
@@ -148,11 +129,11 @@ class Provisioner:
         nodes = [n for n in snapshot.nodes.values() if n.online and self._node_allowed(n.name)]
         guests = [vm for vm in snapshot.vms.values() if not vm.template and self._node_allowed(vm.node)]
         with self.db.session() as session:
-            used = session.scalar(select(func.count(Instance.id)).where(Instance.lifecycle.in_(ACTIVE_LIFECYCLES)))
-            pending = self._reservations(session, snapshot)
+            used = instances_in_quota(session)
+            pending = building_reservations(session, snapshot)
         return {
             "maxTotalInstances": self.settings.max_instances,
-            "totalInstancesUsed": int(used or 0),
+            "totalInstancesUsed": used,
             "maxTotalCores": int(sum(n.maxcpu for n in nodes) * self.settings.cpu_overcommit),
             "totalCoresUsed": int(sum(vm.maxcpu for vm in guests) + sum(r.cores for r in pending)),
             "maxTotalRamSize": int(sum(n.maxmem for n in nodes) * self.settings.memory_overcommit) // 1024**2,
@@ -161,78 +142,9 @@ class Provisioner:
 
     # ----------------------------------------------------------------- create
 
-    def create(self, request: CreateRequest) -> Instance:
-        flavour = self.flavour_or_unknown(request.flavour_id)
-        snapshot = self._current_snapshot()
-        template = self._template(snapshot, request.image_id)
-        self._check_groups(request.security_groups)
-        keys = self._instance_keys(request.metadata)
-        full_clone = flavour.full_clone if flavour.full_clone is not None else self.settings.full_clone
-        allowed = None if self._clone_can_leave_node(snapshot, template, full_clone) else frozenset({template.node})
-        reservation = self._reserve(snapshot, flavour, allowed)
-        try:
-            instance = Instance(
-                id=reservation.vmid,
-                name=request.name,
-                vm_name=vm_name(request.name, reservation.vmid),
-                image_id=str(template.vmid),
-                flavour_id=flavour.id,
-                node=reservation.node,
-                cores=flavour.cpus,
-                memory_mb=flavour.ram_mb,
-                disk_gb=max(flavour.disk_gb, -(-template.maxdisk // 1024**3)),
-                lifecycle=Lifecycle.BUILDING,
-                boot_command=request.boot_command,
-                meta=dict(request.metadata),
-                security_groups=_unique(request.security_groups),
-                ssh_keys=keys,
-                seed_token=secrets.token_urlsafe(32),
-            )
-            with self.db.session() as session:
-                session.add(instance)
-                self._enqueue(
-                    session,
-                    instance,
-                    JobKind.CREATE,
-                    {"template": template.vmid, "template_node": template.node, "full_clone": full_clone},
-                )
-        finally:
-            with self._vmid_lock:
-                self._inflight.pop(reservation.vmid, None)
-        self._notify()
-        log.info("accepted instance %s (%s) on %s", instance.id, instance.vm_name, instance.node)
-        return instance
-
-    def _reserve(self, snapshot: Snapshot, flavour: Flavour, allowed: frozenset[str] | None) -> Reservation:
-        """Quota, placement and VMID under one short lock; the caller persists the row outside it.
-
-        Reservations not committed yet are held in memory, so concurrent requests see each other's."""
-        with self._vmid_lock, self.db.session() as session:
-            used = session.scalar(select(func.count(Instance.id)).where(Instance.lifecycle.in_(ACTIVE_LIFECYCLES)))
-            if (used or 0) + len(self._inflight) >= self.settings.max_instances:
-                raise QuotaExceeded(f"the instance quota ({self.settings.max_instances}) is used up")
-            pending = self._reservations(session, snapshot) + list(self._inflight.values())
-            loads = node_loads(
-                snapshot,
-                pending,
-                self.settings.cpu_overcommit,
-                self.settings.memory_overcommit,
-                self.settings.node_allowlist,
-            )
-            try:
-                node = choose_node(loads, Request(flavour.cpus, flavour.ram_mb, allowed), self.settings.select_coeff)
-            except NoCapacity as exc:
-                raise NoCapacityError(str(exc)) from exc
-            vmid = self._next_vmid(session, snapshot)
-            reservation = Reservation(vmid, node, flavour.cpus, flavour.ram_mb)
-            self._inflight[vmid] = reservation
-            return reservation
-
-    def flavour_or_unknown(self, flavour_id: str) -> Flavour:
-        try:
-            return self.flavour(flavour_id)
-        except NotFound as exc:
-            raise UnknownFlavour(f"flavour {flavour_id!r} does not exist") from exc
+    async def create(self, request: CreateRequest) -> int:
+        """Validate, reserve a VMID and a node, persist the instance with its create job; the VMID once committed."""
+        return await self.intake.create(request)
 
     # ------------------------------------------------------------- mutations
 
@@ -398,7 +310,7 @@ class Provisioner:
         return self._instance(session, instance_id, allow_deleting=False)
 
     def _instance(self, session: Session, instance_id: str, allow_deleting: bool) -> Instance:
-        vmid = _as_vmid(instance_id)
+        vmid = as_vmid(instance_id)
         instance = session.get(Instance, vmid) if vmid is not None else None
         gone = (Lifecycle.DELETED,) if allow_deleting else (Lifecycle.DELETED, Lifecycle.DELETING)
         if instance is None or instance.lifecycle in gone:
@@ -420,88 +332,9 @@ class Provisioner:
             raise BackendUnavailable("Proxmox is unreachable or the cluster view is stale")
         return snapshot
 
-    def _current_snapshot(self) -> Snapshot:
-        """The background snapshot (reservations cover what it does not show yet); a read if it is stale."""
-        snapshot = self.cluster.snapshot()
-        if snapshot is not None:
-            return snapshot
-        try:
-            return self.cluster.fresh_snapshot()
-        except ProxmoxUnavailable as exc:
-            raise BackendUnavailable("Proxmox is unreachable") from exc
-
-    def _template(self, snapshot: Snapshot, image_id: str) -> Any:
-        vmid = _as_vmid(image_id)
-        template = snapshot.vms.get(vmid) if vmid is not None else None
-        if template is None or not template.template:
-            raise UnknownImage(f"image {image_id!r} does not exist")
-        return template
-
     def _check_groups(self, groups: list[str]) -> None:
-        if not groups:
-            return
-        known = set(self.security_groups())
-        unknown = [g for g in groups if g not in known]
-        if unknown:
-            raise UnknownSecurityGroup(f"unknown security group(s): {', '.join(sorted(set(unknown)))}")
-
-    def _instance_keys(self, metadata: dict[str, str | None]) -> list[str]:
-        keys = list(self.site_keys)
-        extra = metadata.get(self.settings.ssh_key_metadata_field)
-        if extra:
-            try:
-                key = normalise_key(extra)
-            except InvalidSSHKey as exc:
-                raise InvalidSSHKeyError(f"metadata field {self.settings.ssh_key_metadata_field!r}: {exc}") from exc
-            if key not in keys:
-                keys.append(key)
-        return keys
-
-    def _reservations(self, session: Session, snapshot: Snapshot) -> list[Reservation]:
-        rows = session.execute(
-            select(Instance.id, Instance.node, Instance.cores, Instance.memory_mb).where(
-                Instance.lifecycle == Lifecycle.BUILDING
-            )
-        )
-        return [Reservation(*row) for row in rows if row[0] not in snapshot.vms]
-
-    def _clone_can_leave_node(self, snapshot: Snapshot, template: Any, full_clone: bool) -> bool:
-        """PVE clones to another node only when the clone's disks go to shared storage."""
-        shared = {s.name for s in snapshot.storages if s.shared}
-        if full_clone and self.settings.vm_storage:
-            return self.settings.vm_storage in shared
-        try:
-            storages = self.cluster.template_storages(template.node, template.vmid)
-        except ProxmoxUnavailable as exc:
-            raise BackendUnavailable("Proxmox is unreachable") from exc
-        return bool(storages) and storages <= shared
-
-    def _next_vmid(self, session: Session, snapshot: Snapshot) -> int:
-        """The next free VMID after the last one handed out, skipping ids in use anywhere; wraps around."""
-        low, high = self.settings.vmid_min, self.settings.vmid_max
-        if self._last_vmid is None:
-            self._last_vmid = session.scalar(select(func.max(Instance.id)).where(Instance.id.between(low, high))) or (
-                low - 1
-            )
-        span = high - low + 1
-        for step in range(1, span + 1):
-            candidate = low + (self._last_vmid - low + step) % span
-            if candidate in self._inflight or candidate in snapshot.vms or session.get(Instance, candidate):
-                continue
-            self._last_vmid = candidate
-            return candidate
-        raise NoCapacityError("no free VMID left in the configured range")
+        if groups:
+            check_security_groups(groups, self.security_groups())
 
     def _node_allowed(self, node: str) -> bool:
         return not self.settings.node_allowlist or node in self.settings.node_allowlist
-
-
-def _as_vmid(value: str | int) -> int | None:
-    text = str(value).strip()
-    if not text.isdigit() or len(text) > 9:
-        return None
-    return int(text)
-
-
-def _unique(items: list[str]) -> list[str]:
-    return list(dict.fromkeys(items))

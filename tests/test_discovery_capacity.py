@@ -10,7 +10,7 @@ import pytest
 
 from discovery.client import RegistryRequestError
 from engine.advertiser import Advertiser, advertisement
-from engine.capacity import Thresholds, largest_offer
+from engine.free_capacity import Thresholds, largest_offer
 from engine.placement import GiB, NoCapacity, Request, Reservation, choose_node, node_loads
 from engine.proxmox import Snapshot
 from engine.settings import Settings

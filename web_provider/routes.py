@@ -7,9 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, status
 
+from engine.intake import CreateRequest
 from engine.models import Flavour, JobKind
 from engine.proxmox import VmInfo
-from engine.service import CreateRequest, InstanceView, Provisioner
+from engine.service import InstanceView, Provisioner
 from web_provider.schemas import (
     CreatedOut,
     FaultOut,
@@ -29,7 +30,8 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api", tags=["visa"])
 
 
-def provisioner(request: Request) -> Provisioner:
+async def provisioner(request: Request) -> Provisioner:
+    # A coroutine, so that FastAPI does not hand this dependency to its thread pool.
     return request.app.state.provisioner  # type: ignore[no-any-return]
 
 
@@ -123,9 +125,9 @@ def list_identifiers(service: ProvisionerDep) -> list[IdentifierOut]:
 
 
 @router.post("/instances", status_code=status.HTTP_201_CREATED, response_model=CreatedOut)
-def create_instance(body: InstanceCreate, service: ProvisionerDep) -> CreatedOut:
+async def create_instance(body: InstanceCreate, service: ProvisionerDep) -> CreatedOut:
     """Validate, reserve a VMID, persist and enqueue the create job; answers at once (state BUILDING)."""
-    instance = service.create(
+    vmid = await service.create(
         CreateRequest(
             name=body.name,
             image_id=body.imageId,
@@ -135,7 +137,7 @@ def create_instance(body: InstanceCreate, service: ProvisionerDep) -> CreatedOut
             boot_command=body.bootCommand,
         )
     )
-    return CreatedOut(id=str(instance.id))
+    return CreatedOut(id=str(vmid))
 
 
 @router.get("/instances/{instance_id}", response_model=InstanceOut)

@@ -1,0 +1,261 @@
+"""Accepting creates: validate, reserve a quota slot, a node and a VMID, store the instance with its job.
+
+Every create goes through one writer thread (engine.group_commit). The creates queued while it was busy
+form a group: each is validated and placed in turn against what the store and the cluster snapshot hold
+plus the group's earlier creates, then the group is stored with one multi-row INSERT per table in one
+transaction, and only after the commit does each caller learn its VMID. Under a burst, the requests no
+longer queue behind each other's transactions, and one thread alone hands out VMIDs and node capacity.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import uuid
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy import insert, select
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from engine.capacity import Capacity
+from engine.db import Database
+from engine.errors import (
+    BackendUnavailable,
+    InvalidSSHKeyError,
+    ProvisionerError,
+    StoreUnavailable,
+    UnknownFlavour,
+    UnknownImage,
+    UnknownSecurityGroup,
+)
+from engine.group_commit import GroupCommitter
+from engine.models import Flavour, Instance, Job, JobKind, JobState, Lifecycle
+from engine.naming import as_vmid, vm_name
+from engine.placement import GiB, Request, Reservation
+from engine.proxmox import ClusterView, ProxmoxUnavailable, Snapshot, VmInfo
+from engine.settings import Settings
+from engine.sshkeys import InvalidSSHKey, normalise_key
+from engine.vmids import VmidAllocator
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    name: str
+    image_id: str
+    flavour_id: str
+    security_groups: list[str]
+    metadata: dict[str, str | None]
+    boot_command: str | None
+
+
+@dataclass(frozen=True)
+class ValidCreate:
+    request: CreateRequest
+    flavour: Flavour
+    template: VmInfo
+    ssh_keys: list[str]
+    full_clone: bool
+    allowed_nodes: frozenset[str] | None  # None: any node (the clone's disks go to shared storage)
+
+
+def check_security_groups(groups: list[str], known: Collection[str]) -> None:
+    unknown = [g for g in groups if g not in known]
+    if unknown:
+        raise UnknownSecurityGroup(f"unknown security group(s): {', '.join(sorted(set(unknown)))}")
+
+
+class CreateIntake:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        cluster: ClusterView,
+        site_keys: list[str],
+        on_committed: Callable[[], None],
+    ) -> None:
+        self._settings = settings
+        self._db = db
+        self._cluster = cluster
+        self._site_keys = site_keys
+        self._on_committed = on_committed
+        self._vmids = VmidAllocator(settings.vmid_min, settings.vmid_max)
+        self._writer: GroupCommitter[CreateRequest, int] = GroupCommitter(self.store_group, name="create-intake")
+
+    def start(self) -> None:
+        self._writer.start()
+
+    def stop(self) -> None:
+        """Store the creates queued already, then stop."""
+        self._writer.stop()
+
+    async def create(self, request: CreateRequest) -> int:
+        """The new instance's VMID once it and its create job are committed; ProvisionerError if refused."""
+        return await self._writer.commit(request)
+
+    def store_group(self, requests: list[CreateRequest]) -> list[int | ProvisionerError]:
+        """One outcome per request, in order: its VMID, or why it was refused. All or none are stored."""
+        try:
+            with self._db.session() as session:
+                outcomes, instances, jobs = self._admit(session, requests)
+                if instances:
+                    session.execute(insert(Instance.__table__), instances)
+                    session.execute(insert(Job.__table__), jobs)
+        except SQLAlchemyError as exc:
+            log.error("storing a group of %d create(s) failed, none was stored: %s", len(requests), _describe(exc))
+            return [StoreUnavailable("the instance could not be stored; nothing was created") for _ in requests]
+        if instances:
+            self._on_committed()
+        for row in instances:
+            log.info("accepted instance %s (%s) on %s", row["id"], row["vm_name"], row["node"])
+        return outcomes
+
+    def _admit(
+        self, session: Session, requests: list[CreateRequest]
+    ) -> tuple[list[int | ProvisionerError], list[dict[str, Any]], list[dict[str, Any]]]:
+        proxmox = GroupReads(self._cluster)
+        wanted = {r.flavour_id for r in requests}
+        flavours = {f.id: f for f in session.scalars(select(Flavour).where(Flavour.id.in_(wanted)))}
+        capacity: Capacity | None = None
+        outcomes: list[int | ProvisionerError] = []
+        instances: list[dict[str, Any]] = []
+        jobs: list[dict[str, Any]] = []
+        for request in requests:
+            try:
+                valid = self._validate(request, flavours, proxmox)
+                capacity = capacity or Capacity(session, proxmox.snapshot(), self._settings, self._vmids)
+                reservation = capacity.reserve(Request(valid.flavour.cpus, valid.flavour.ram_mb, valid.allowed_nodes))
+            except ProvisionerError as exc:
+                outcomes.append(exc)
+                continue
+            instances.append(instance_row(valid, reservation))
+            jobs.append(create_job_row(valid, reservation.vmid))
+            outcomes.append(reservation.vmid)
+        return outcomes, instances, jobs
+
+    def _validate(self, request: CreateRequest, flavours: dict[str, Flavour], proxmox: GroupReads) -> ValidCreate:
+        flavour = flavours.get(request.flavour_id)
+        if flavour is None:
+            raise UnknownFlavour(f"flavour {request.flavour_id!r} does not exist")
+        snapshot = proxmox.snapshot()
+        template = _template(snapshot, request.image_id)
+        if request.security_groups:
+            check_security_groups(request.security_groups, proxmox.security_groups())
+        keys = self._instance_keys(request.metadata)
+        full_clone = flavour.full_clone if flavour.full_clone is not None else self._settings.full_clone
+        leaves = self._clone_can_leave_node(proxmox, snapshot, template, full_clone)
+        return ValidCreate(request, flavour, template, keys, full_clone, None if leaves else frozenset({template.node}))
+
+    def _instance_keys(self, metadata: dict[str, str | None]) -> list[str]:
+        keys = list(self._site_keys)
+        field = self._settings.ssh_key_metadata_field
+        extra = metadata.get(field)
+        if extra:
+            try:
+                key = normalise_key(extra)
+            except InvalidSSHKey as exc:
+                raise InvalidSSHKeyError(f"metadata field {field!r}: {exc}") from exc
+            if key not in keys:
+                keys.append(key)
+        return keys
+
+    def _clone_can_leave_node(
+        self, proxmox: GroupReads, snapshot: Snapshot, template: VmInfo, full_clone: bool
+    ) -> bool:
+        """PVE clones to another node only when the clone's disks go to shared storage."""
+        shared = {s.name for s in snapshot.storages if s.shared}
+        if full_clone and self._settings.vm_storage:
+            return self._settings.vm_storage in shared
+        storages = proxmox.template_storages(template)
+        return bool(storages) and storages <= shared
+
+
+class GroupReads:
+    """The Proxmox facts one group of creates needs, each read at most once for the group.
+
+    A read that failed is not tried again within the group: with Proxmox unreachable, a burst would
+    otherwise wait out one timeout per create, one after another, on the single writer thread.
+    """
+
+    def __init__(self, cluster: ClusterView) -> None:
+        self._cluster = cluster
+        self._done: dict[object, Any] = {}
+
+    def snapshot(self) -> Snapshot:
+        """The background snapshot (reservations cover what it does not show yet); a read if it is stale."""
+        return self._once("snapshot", lambda: self._cluster.snapshot() or self._cluster.fresh_snapshot())
+
+    def security_groups(self) -> list[str]:
+        return self._once("security groups", self._cluster.firewall_groups)
+
+    def template_storages(self, template: VmInfo) -> frozenset[str]:
+        return self._once(
+            ("template storages", template.vmid), lambda: self._cluster.template_storages(template.node, template.vmid)
+        )
+
+    def _once(self, key: object, read: Callable[[], T]) -> T:
+        if key not in self._done:
+            try:
+                self._done[key] = read()
+            except ProxmoxUnavailable:
+                self._done[key] = _UNREACHABLE
+        value = self._done[key]
+        if value is _UNREACHABLE:
+            raise BackendUnavailable("Proxmox is unreachable")
+        return value  # type: ignore[no-any-return]
+
+
+_UNREACHABLE = object()
+
+
+def _describe(exc: SQLAlchemyError) -> str:
+    """The database's own error, first line: SQLAlchemy's message would show the rows, seed tokens included."""
+    cause = exc.orig if isinstance(exc, DBAPIError) else exc
+    return f"{type(cause).__name__}: {next(iter(str(cause).splitlines()), '')}"
+
+
+def _template(snapshot: Snapshot, image_id: str) -> VmInfo:
+    vmid = as_vmid(image_id)
+    template = snapshot.vms.get(vmid) if vmid is not None else None
+    if template is None or not template.template:
+        raise UnknownImage(f"image {image_id!r} does not exist")
+    return template
+
+
+def instance_row(valid: ValidCreate, reservation: Reservation) -> dict[str, Any]:
+    request, flavour, template = valid.request, valid.flavour, valid.template
+    return {
+        "id": reservation.vmid,
+        "name": request.name,
+        "vm_name": vm_name(request.name, reservation.vmid),
+        "image_id": str(template.vmid),
+        "flavour_id": flavour.id,
+        "node": reservation.node,
+        "cores": flavour.cpus,
+        "memory_mb": flavour.ram_mb,
+        "disk_gb": max(flavour.disk_gb, -(-template.maxdisk // GiB)),
+        "lifecycle": Lifecycle.BUILDING,
+        "boot_command": request.boot_command,
+        "meta": dict(request.metadata),
+        "security_groups": list(dict.fromkeys(request.security_groups)),
+        "ssh_keys": valid.ssh_keys,
+        "seed_token": secrets.token_urlsafe(32),
+    }
+
+
+def create_job_row(valid: ValidCreate, vmid: int) -> dict[str, Any]:
+    template = valid.template
+    return {
+        "id": str(uuid.uuid4()),
+        "kind": JobKind.CREATE,
+        "instance_id": vmid,
+        "params": {"template": template.vmid, "template_node": template.node, "full_clone": valid.full_clone},
+        "state": JobState.PENDING,
+        "max_attempts": 1,
+    }
