@@ -35,6 +35,7 @@ RENDERERS = {
     "user-data": cloudinit.user_data,
     "vendor-data": cloudinit.vendor_data,
 }
+TOKEN_TEXT = re.compile(r"/[A-Za-z0-9_-]{20,128}/")
 MAX_FORM_BYTES = 64 * 1024
 
 
@@ -108,10 +109,13 @@ class SeedHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base class's signature)
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         found = PATH.match(self.path)
-        what = f"<token>/{found['document']}" if found else "(other path)"
-        sys.stderr.write(f"{self.command} {what} {args[1] if len(args) > 1 else ''}\n")
+        what = f"<token>/{found['document']}" if found else "(another path)"
+        sys.stderr.write(f"{self.command} {what} {int(code) if isinstance(code, int) else code}\n")
+
+    def log_error(self, format: str, *args: object) -> None:
+        sys.stderr.write("error: " + TOKEN_TEXT.sub("/<token>/", format % args) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
