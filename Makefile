@@ -29,9 +29,14 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check engine web_provider api discovery collections tests bench
-	$(BIN)/ruff format --check engine web_provider api discovery collections tests bench
-	$(BIN)/ansible-lint --profile production playbooks roles
+	$(BIN)/ruff check engine web_provider api discovery collections tests bench molecule
+	$(BIN)/ruff format --check engine web_provider api discovery collections tests bench molecule
+	$(BIN)/ansible-lint --profile production playbooks roles molecule
+
+# Every Molecule scenario under molecule/, one after the other, each against its own Proxmox simulator and seed
+# server (molecule/shared/create.yml). Molecule runs ansible-config and ansible-playbook from PATH.
+molecule: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/molecule test --all
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py

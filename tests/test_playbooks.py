@@ -53,7 +53,7 @@ BAD_INPUT = {
     "unknown node": ({"vm_node": "pve9"}, "VM 4242: node 'pve9' is not a node of the cluster (nodes: pve1, pve2)"),
     "missing template": ({"vm_template_vmid": 9999}, "VM 4242: template 9999 does not exist"),
     "malformed SSH key": (
-        {"vm_seed_url": "", "vm_ssh_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA"]},
+        {"vm_seed_url": "", "vm_cloud_init_ssh_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA"]},
         "VM 4242: cloud_init_ssh_keys #1: malformed ssh-ed25519 key",
     ),
     "unknown security group": ({"vm_firewall_groups": ["db"]}, "unknown firewall security group db"),
@@ -70,3 +70,22 @@ def test_bad_input_fails_with_a_clear_message_before_any_change(
     assert message in result.stdout, result.stdout[-2000:]
     assert [r for r in list(simulator.sim.requests)[before:] if r[0] in ("POST", "PUT", "DELETE")] == []
     assert simulator.sim.vm(4242) is None
+
+
+def test_example_inventory_creates_verifies_and_deletes_a_group(simulator: Any):
+    """inventory/example as its README says: -e target=<group> picks a batch, group_vars fill in the rest."""
+    web = {4801: ("web-1", "pve1"), 4802: ("web-2", "pve2")}
+    example = ("-i", "inventory/example", "-e", "target=web")
+    created = playbook(simulator, "create.yml", *example)
+    assert created.returncode == 0, created.stdout[-3000:]
+    for vmid, (name, node) in web.items():
+        vm = simulator.sim.vm(vmid)
+        assert vm is not None and (vm.name, vm.node, vm.status) == (name, node, "running")
+        assert sorted(re.split(r"[,; ]+", vm.config["tags"])) == ["provisioner", "web"]
+    assert simulator.sim.vm(4811) is None, "db-1 is not in the target group"
+    verified = playbook(simulator, "verify.yml", *example)
+    assert verified.returncode == 0, verified.stdout[-3000:]
+    assert verified.stdout.count("score 100 of 100 (threshold 70): passed") == len(web)
+    deleted = playbook(simulator, "delete.yml", *example)
+    assert deleted.returncode == 0, deleted.stdout[-3000:]
+    assert all(simulator.sim.vm(vmid) is None for vmid in web)
