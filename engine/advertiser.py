@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import httpx
 
 from discovery.client import RegistryClient, RegistryRequestError
 from engine.free_capacity import Thresholds, largest_offer
+from engine.placement import Reservation
 from engine.proxmox import Snapshot
 from engine.settings import Settings
 
@@ -27,8 +28,11 @@ Advertisement = dict[str, Any]
 _UNKNOWN: Any = object()  # what the registry holds before our first round
 
 
-def advertisement(settings: Settings, snapshot: Snapshot | None) -> Advertisement | None:
-    """The body to post for a snapshot, or None when there is nothing to offer."""
+def advertisement(
+    settings: Settings, snapshot: Snapshot | None, reservations: Iterable[Reservation] = ()
+) -> Advertisement | None:
+    """The body to post for a snapshot, or None when there is nothing to offer. reservations: accepted creates
+    Proxmox does not show yet (their resources are committed all the same)."""
     if snapshot is None:
         return None
     offer = largest_offer(
@@ -41,6 +45,7 @@ def advertisement(settings: Settings, snapshot: Snapshot | None) -> Advertisemen
         ),
         settings.node_allowlist,
         settings.vm_storage,
+        reservations,
     )
     if offer is None:
         return None

@@ -16,12 +16,13 @@ from discovery.client import RegistryClient
 from discovery.server import RegistryHandle, start_registry
 from discovery.settings import RegistrySettings
 from discovery.signing import load_or_create_key, provider_id
-from engine.advertiser import Advertiser, advertisement
+from engine.advertiser import Advertisement, Advertiser, advertisement
+from engine.capacity import building_reservations
 from engine.db import Database
 from engine.files import write_private
 from engine.flavours import seed_flavours
 from engine.jobs.executor import Executor, ExecutorConfig
-from engine.proxmox import ClusterView, ProxmoxConnection
+from engine.proxmox import ClusterView, ProxmoxConnection, Snapshot
 from engine.reconciler import Reconciler
 from engine.service import Provisioner
 from engine.settings import Settings
@@ -126,7 +127,7 @@ class Runtime:
         log.info("discovery provider id %s (key in %s)", provider_id(key), settings.provider_key_path)
         self.advertiser = Advertiser(
             RegistryClient(url, key),
-            lambda: advertisement(settings, cluster.snapshot()),
+            lambda: self._advertisement(settings, cluster.snapshot()),
             settings.advertise_interval_s,
         )
         env = {
@@ -136,6 +137,13 @@ class Runtime:
         }
         write_env_file(settings.state_dir / "discovery.env", env)
         return env
+
+    def _advertisement(self, settings: Settings, snapshot: Snapshot | None) -> Advertisement | None:
+        if snapshot is None:
+            return None
+        with self.db.session() as session:
+            reservations = building_reservations(session, snapshot)
+        return advertisement(settings, snapshot, reservations)
 
     def _start_simulator(self) -> ProxmoxConnection:
         from engine.simulator import start_simulator

@@ -113,6 +113,13 @@ def test_the_advertisement_body_uses_the_providers_settings():
     )
 
 
+def test_accepted_creates_proxmox_does_not_show_yet_shrink_the_advertisement():
+    settings = Settings(insecure_no_auth=True, cpu_overcommit=1.0)
+    building = [Reservation(200 + n, node, 8, 16 * 1024) for n, node in enumerate(["n1", "n2"])]
+    assert advertisement(settings, cluster())["resources"]["cpu"] == 16
+    assert advertisement(settings, cluster(), building)["resources"]["cpu"] == 8
+
+
 class FakeRegistry:
     def __init__(self) -> None:
         self.calls: list[Any] = []
