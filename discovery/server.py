@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
@@ -62,13 +63,13 @@ def start_registry(
     return RegistryHandle(local_url(settings.host, sock.getsockname()[1]), server, thread)
 
 
-def serve(settings: RegistrySettings) -> None:
-    """Serve the registry in this process until interrupted (`make discovery`)."""
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
+def serve(settings: RegistrySettings, announce: Callable[[str], None]) -> None:
+    """Serve the registry in this process until SIGINT or SIGTERM (`make discovery`); announce(url) once it
+    listens (with DISCOVERY_PORT=0 that is the only way to learn the port)."""
+    handle = start_registry(settings)
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
+    announce(handle.url)
+    stopping.wait()
+    handle.stop()

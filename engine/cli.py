@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def discovery(_args: argparse.Namespace) -> None:
-    from discovery.server import local_url, serve
+    from discovery.server import serve
     from discovery.settings import RegistrySettings
 
     try:
@@ -97,8 +97,11 @@ def discovery(_args: argparse.Namespace) -> None:
     except ValidationError as exc:
         _exit_with_errors(exc)
     _configure_logging()
-    print(f"Discovery registry: {local_url(settings.host, settings.port)}/api/v1", flush=True)
-    serve(settings)
+    try:
+        serve(settings, lambda url: print(f"Discovery registry: {url}/api/v1", flush=True))
+    except RuntimeError as exc:  # cannot listen
+        print(exc, file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def advertisement(_args: argparse.Namespace) -> None:

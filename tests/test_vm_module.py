@@ -89,7 +89,7 @@ def test_cluster_problems_refuse_foreign_vmids_and_wrong_templates():
         9100: {"vmid": 9100, "type": "qemu", "name": "plain", "node": "pve1"},
     }
     taken = vm_module.cluster_problems(params(name="mine"), guests, nodes, [])
-    assert taken == ["VMID 4600 is taken by lxc 'ct' on node pve1, not by VM 'mine' on node pve1; refusing to adopt it"]
+    assert taken == ["VMID 4600 is lxc 'ct' on node pve1, not VM 'mine' on node pve1; refusing to adopt it"]
     fresh = params(vmid=4601, name="mine", template_vmid=9100, template_node="pve1", node="pve2")
     assert vm_module.cluster_problems(fresh, guests, nodes, ["ssh"]) == [
         "node pve2 is not online (status offline)",
@@ -279,7 +279,7 @@ class TestAgainstTheSimulator:
         before = len(simulator.sim.requests)
         result, _ = run_module(simulator, vmid=9000, **dict(SPEC, template_vmid=9001))
         assert result["failed"] is True
-        assert "VMID 9000 is taken by qemu 'debian-12-cloud' (a template) on node pve1" in result["msg"]
+        assert "VMID 9000 is qemu 'debian-12-cloud' (a template) on node pve1" in result["msg"]
         assert mutations_since(simulator, before) == []
 
     def test_lock_errors_and_proxy_errors_are_retried_with_backoff(self, simulator: Any):
@@ -331,9 +331,14 @@ class TestAgainstTheSimulator:
         run_module(simulator, vmid=4617, **SPEC)
         before = len(simulator.sim.requests)
         wrong, _ = run_module(simulator, vmid=4617, name="someone-else", state="absent")
-        assert wrong["failed"] is True and "refusing to adopt it" in wrong["msg"]
+        assert wrong["failed"] is True and wrong["msg"].endswith(
+            "not VM 'someone-else' on node pve2; refusing to delete it"
+        )
         template, _ = run_module(simulator, vmid=9000, state="absent")
-        assert template["failed"] is True and "(a template)" in template["msg"]
+        assert template["msg"] == (
+            "VM 9000: VMID 9000 is qemu 'debian-12-cloud' (a template) on node pve1, not VM on node pve1; "
+            "refusing to delete it"
+        )
         planned, _ = run_module(simulator, "--check", vmid=4617, name="module-test", state="absent", force=True)
         assert planned["changes"] == ["stop", "delete with its disks"] and simulator.sim.vm(4617) is not None
         gone, _ = run_module(simulator, vmid=4617, name="module-test", state="absent", force=True)

@@ -377,17 +377,7 @@ def cluster_problems(p, guests, nodes, groups):
             or existing.get("node") != p["node"]
         )
         if foreign:
-            problems.append(
-                "VMID {} is taken by {} {!r}{} on node {}, not by VM {!r} on node {}; refusing to adopt it".format(
-                    p["vmid"],
-                    existing.get("type", "a guest"),
-                    existing.get("name", "(unnamed)"),
-                    " (a template)" if existing.get("template") else "",
-                    existing.get("node", "?"),
-                    p["name"],
-                    p["node"],
-                )
-            )
+            problems.append(foreign_guest(p, existing))
     elif p["state"] != "absent":
         problems.extend(template_problems(p, guests))
     unknown = sorted(set(p["firewall_groups"]) - set(groups))
@@ -398,6 +388,20 @@ def cluster_problems(p, guests, nodes, groups):
             )
         )
     return problems
+
+
+def foreign_guest(p, guest):
+    """Why the guest holding the VMID is not the VM asked for (and is left alone)."""
+    held = "VMID {} is {} {!r}{} on node {}".format(
+        p["vmid"],
+        guest.get("type", "a guest"),
+        guest.get("name", "(unnamed)"),
+        " (a template)" if guest.get("template") else "",
+        guest.get("node", "?"),
+    )
+    wanted = "VM" + (f" {p['name']!r}" if p["name"] is not None else "") + f" on node {p['node']}"
+    action = "delete" if p["state"] == "absent" else "adopt"
+    return f"{held}, not {wanted}; refusing to {action} it"
 
 
 def template_problems(p, guests):
