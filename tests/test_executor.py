@@ -21,12 +21,14 @@ def db(tmp_path: Path) -> Database:
     return database
 
 
-def make_executor(db: Database, tmp_path: Path, max_batch: int = 50, window: float = 0.0) -> Executor:
+def make_executor(
+    db: Database, tmp_path: Path, max_batch: int = 50, window: float = 0.0, parallel_runs: int = 1
+) -> Executor:
     config = ExecutorConfig(
         ansible_dir=tmp_path,
         runs_dir=tmp_path / "runs",
         max_batch=max_batch,
-        max_parallel_runs=1,
+        max_parallel_runs=parallel_runs,
         batch_window_s=window,
         job_timeout_s=60,
         keep_runs=5,
@@ -102,6 +104,19 @@ def test_batches_are_capped_and_wait_for_the_window(db: Database, tmp_path: Path
     assert make_executor(db, tmp_path, window=30)._claim_batch() is None  # young jobs wait for company
     claimed = make_executor(db, tmp_path, max_batch=2, window=30)._claim_batch()
     assert claimed is not None and len(claimed[1]) == 2  # a full batch goes at once
+
+
+def test_ready_jobs_are_spread_over_the_idle_runs(db: Database, tmp_path: Path):
+    for vmid in range(1, 8):
+        add_instance(db, vmid)
+        add_job(db, vmid, JobKind.CREATE, age_s=1)
+    executor = make_executor(db, tmp_path, parallel_runs=2)
+    first = executor._claim_batch()
+    assert first is not None and len(first[1]) == 4  # 7 jobs, 2 idle runs: 4 now
+    executor._active_runs = 1  # the dispatcher counts the run it started
+    second = executor._claim_batch()
+    assert second is not None and len(second[1]) == 3  # the rest for the other run
+    assert set(first[1]).isdisjoint(second[1])
 
 
 def test_jobs_not_due_yet_are_skipped(db: Database, tmp_path: Path):

@@ -88,6 +88,8 @@ class Executor:
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(config.max_parallel_runs, thread_name_prefix="ansible-run")
         self._slots = threading.Semaphore(config.max_parallel_runs)
+        self._active_lock = threading.Lock()
+        self._active_runs = 0  # runs started and not finished (the dispatcher alone starts them)
         self._cancels: dict[str, threading.Event] = {}
         self._cancels_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -178,6 +180,8 @@ class Executor:
             batch = self._claim_batch()
             if batch:
                 run_id, jobs = batch
+                with self._active_lock:
+                    self._active_runs += 1
                 self._pool.submit(self._run_batch, run_id, jobs)
                 started = True
             return started
@@ -203,11 +207,16 @@ class Executor:
             if not ready:
                 return None
             kind = ready[0].kind
-            batch = [job for job in ready if job.kind == kind][: self._config.max_batch]
-            oldest = _aware(batch[0].created_at)
-            if len(batch) < self._config.max_batch and now - oldest < timedelta(seconds=self._config.batch_window_s):
+            candidates = [job for job in ready if job.kind == kind]
+            oldest = _aware(candidates[0].created_at)
+            window = timedelta(seconds=self._config.batch_window_s)
+            if len(candidates) < self._config.max_batch and now - oldest < window:
                 self._schedule_wake(self._config.batch_window_s - (now - oldest).total_seconds())
                 return None
+            # Spread the ready jobs over the idle runs: each run's controller process is single-threaded, so one
+            # run of 50 VMs keeps one core busy where two runs of 25 use both.
+            idle = max(1, self._config.max_parallel_runs - self._active_runs)
+            batch = candidates[: min(self._config.max_batch, -(-len(candidates) // idle))]
             run_id = str(uuid.uuid4())
             ids = [job.id for job in batch]
             session.execute(
@@ -234,6 +243,8 @@ class Executor:
         finally:
             with self._cancels_lock:
                 self._cancels.pop(run_id, None)
+            with self._active_lock:
+                self._active_runs -= 1
             self._slots.release()
             self._prune_runs()
             self._after_run()
