@@ -763,49 +763,34 @@ class VmConverger:
         self.act("delete with its disks", self.delete)
         return {"status": "absent"}
 
-    def stop(self):
+    def task(self, doing, start, timeout=None):
+        """Run one of the VM's PVE tasks (start() returns its UPID) to its end."""
         p = self.p
-        status = self.qemu.status
-        if p["force"]:
-            self.client.run_task(f"VM {p['vmid']}: stopping it", p["node"], lambda: status.stop.post(), p["timeout"])
-            return
-        # PVE's own shutdown timeout ends the task with an error; the wait allows a little more than that.
-        self.client.run_task(
-            f"VM {p['vmid']}: shutting it down",
-            p["node"],
-            lambda: status.shutdown.post(timeout=p["stop_timeout"]),
-            p["stop_timeout"] + 30,
-        )
+        self.client.run_task(f"VM {p['vmid']}: {doing}", p["node"], start, timeout or p["timeout"])
+
+    def stop(self):
+        status, stop_timeout = self.qemu.status, self.p["stop_timeout"]
+        if self.p["force"]:
+            self.task("stopping it", lambda: status.stop.post())
+        else:  # PVE's own shutdown timeout ends the task with an error; the wait allows a little more than that.
+            self.task("shutting it down", lambda: status.shutdown.post(timeout=stop_timeout), stop_timeout + 30)
 
     def reboot(self):
-        p = self.p
         status = self.qemu.status
-        if p["force"]:
-            self.client.run_task(f"VM {p['vmid']}: resetting it", p["node"], lambda: status.reset.post(), p["timeout"])
-            return
-        self.client.run_task(
-            f"VM {p['vmid']}: rebooting it",
-            p["node"],
-            lambda: status.reboot.post(timeout=p["stop_timeout"]),
-            p["timeout"],
-        )
+        if self.p["force"]:
+            self.task("resetting it", lambda: status.reset.post())
+        else:
+            self.task("rebooting it", lambda: status.reboot.post(timeout=self.p["stop_timeout"]))
 
     def delete(self):
-        p = self.p
-        self.client.run_task(
-            f"VM {p['vmid']}: deleting it",
-            p["node"],
-            lambda: self.qemu.delete(purge=1, **{"destroy-unreferenced-disks": 1}),
-            p["timeout"],
-        )
+        self.task("deleting it", lambda: self.qemu.delete(purge=1, **{"destroy-unreferenced-disks": 1}))
 
     def start(self):
         p = self.p
-        what = "VM {}: starting it".format(p["vmid"])
         attempts = p["start_retries"] + 1
         for attempt in range(1, attempts + 1):
             try:
-                self.client.run_task(what, p["node"], lambda: self.qemu.status.start.post(), p["timeout"])
+                self.task("starting it", lambda: self.qemu.status.start.post())
                 return
             except PveFailure:
                 if attempt == attempts:
