@@ -11,11 +11,9 @@ from typing import Any
 from urllib.parse import unquote
 
 import pytest
+from ansible_collections.provisioner.proxmox.plugins.modules import vm as vm_module
 
 from tests.conftest import MUTATING, ROOT, SITE_KEY, USER_KEY, ansible_env
-
-sys.path.insert(0, str(ROOT / "collections"))
-from ansible_collections.provisioner.proxmox.plugins.modules import vm as vm_module
 
 SEED = "http://127.0.0.1:4000/seed/s3cr3t-seed-token-for-tests/"
 SERIAL = base64.b64encode(f"ds=nocloud-net;s={SEED}".encode()).decode()
