@@ -111,10 +111,9 @@ def test_ready_jobs_are_spread_over_the_idle_runs(db: Database, tmp_path: Path):
         add_instance(db, vmid)
         add_job(db, vmid, JobKind.CREATE, age_s=1)
     executor = make_executor(db, tmp_path, parallel_runs=2)
-    first = executor._claim_batch()
+    first = executor._claim_batch(idle_runs=2)
     assert first is not None and len(first[1]) == 4  # 7 jobs, 2 idle runs: 4 now
-    executor._active_runs = 1  # the dispatcher counts the run it started
-    second = executor._claim_batch()
+    second = executor._claim_batch(idle_runs=1)
     assert second is not None and len(second[1]) == 3  # the rest for the other run
     assert set(first[1]).isdisjoint(second[1])
 

@@ -87,9 +87,8 @@ class Executor:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(config.max_parallel_runs, thread_name_prefix="ansible-run")
-        self._slots = threading.Semaphore(config.max_parallel_runs)
         self._active_lock = threading.Lock()
-        self._active_runs = 0  # runs started and not finished (the dispatcher alone starts them)
+        self._active_runs = 0  # runs started and not finished; only the dispatcher thread starts them
         self._cancels: dict[str, threading.Event] = {}
         self._cancels_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -172,24 +171,21 @@ class Executor:
                 log.exception("job dispatcher failed; retrying")
 
     def _dispatch_once(self) -> bool:
-        """Start one batch if a slot is free and jobs are ready; True if it started one."""
-        if not self._slots.acquire(blocking=False):
+        """Start one batch if a run is idle and jobs are ready; True if it started one."""
+        with self._active_lock:
+            idle = self._config.max_parallel_runs - self._active_runs
+        if idle < 1:
             return False
-        started = False
-        try:
-            batch = self._claim_batch()
-            if batch:
-                run_id, jobs = batch
-                with self._active_lock:
-                    self._active_runs += 1
-                self._pool.submit(self._run_batch, run_id, jobs)
-                started = True
-            return started
-        finally:
-            if not started:
-                self._slots.release()
+        batch = self._claim_batch(idle)
+        if not batch:
+            return False
+        with self._active_lock:
+            self._active_runs += 1
+        self._pool.submit(self._run_batch, *batch)
+        return True
 
-    def _claim_batch(self) -> tuple[str, list[str]] | None:
+    def _claim_batch(self, idle_runs: int = 1) -> tuple[str, list[str]] | None:
+        """The next batch, sized to spread the ready jobs of its kind over idle_runs runs."""
         now = utcnow()
         with self._db.session() as session:
             busy = set(session.scalars(select(Job.instance_id).where(Job.state == JobState.RUNNING)))
@@ -215,8 +211,7 @@ class Executor:
                 return None
             # Spread the ready jobs over the idle runs: each run's controller process is single-threaded, so one
             # run of 50 VMs keeps one core busy where two runs of 25 use both.
-            idle = max(1, self._config.max_parallel_runs - self._active_runs)
-            batch = candidates[: min(self._config.max_batch, -(-len(candidates) // idle))]
+            batch = candidates[: min(self._config.max_batch, -(-len(candidates) // idle_runs))]
             run_id = str(uuid.uuid4())
             ids = [job.id for job in batch]
             session.execute(
@@ -245,7 +240,6 @@ class Executor:
                 self._cancels.pop(run_id, None)
             with self._active_lock:
                 self._active_runs -= 1
-            self._slots.release()
             self._prune_runs()
             self._after_run()
             self._wake.set()
