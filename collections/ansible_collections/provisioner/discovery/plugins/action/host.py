@@ -11,11 +11,7 @@ the controller's environment (DISCOVERY_URL, DISCOVERY_PROVIDER_KEY_FILE), as th
 from __future__ import annotations
 
 from ansible.plugins.action import ActionBase
-from ansible_collections.provisioner.discovery.plugins.module_utils.registry import (
-    Registry,
-    RegistryError,
-    load_private_key,
-)
+from ansible_collections.provisioner.discovery.plugins.module_utils.registry import RegistryError, converged
 from ansible_collections.provisioner.discovery.plugins.modules.host import (
     ARGUMENT_SPEC,
     REQUIRED_IF,
@@ -40,25 +36,9 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         _, params = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC, required_if=REQUIRED_IF)
+        task = _Task(params, self._play_context.check_mode, self._play_context.diff)
         try:
-            registry = Registry(
-                params["url"],
-                load_private_key(params["provider_key_file"]),
-                None,
-                params["timeout"],
-                params["validate_certs"],
-                params["ca_path"],
-                params["rate_limit_wait"],
-            )
-            task = _Task(params, self._play_context.check_mode, self._play_context.diff)
-            changed, after, before = converge(task, registry)
+            result.update(converged(task, converge, "host", comparable))
         except RegistryError as exc:
             result.update(failed=True, msg=str(exc), status=exc.status, code=exc.code)
-            return result
-        result.update(
-            changed=changed,
-            provider_id=registry.provider_id,
-            diff={"before": comparable(before) or {}, "after": comparable(after) or {}},
-            host=after,
-        )
         return result

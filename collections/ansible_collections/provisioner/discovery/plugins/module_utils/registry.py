@@ -99,16 +99,11 @@ class Registry:
         self.ca_path = ca_path
 
     @classmethod
-    def from_module(cls, module):
-        """The signing registry client of a module using connection_argument_spec(); fails the module on a bad key."""
-        try:
-            key = load_private_key(module.params["provider_key_file"])
-        except RegistryError as exc:
-            module.fail_json(msg=str(exc))
-        params = module.params
+    def from_params(cls, params):
+        """The signing registry client for connection_argument_spec() options; RegistryError on a bad key file."""
         return cls(
             params["url"],
-            key,
+            load_private_key(params["provider_key_file"]),
             None,
             params["timeout"],
             params["validate_certs"],
@@ -181,16 +176,23 @@ def _answer_error(exc):
     return error
 
 
+def converged(task, converge, result_key, comparable):
+    """Run converge(task, registry) -> (changed, after, before) for a module or an action plugin (`task` has
+    params, check_mode and _diff); returns the task's result, RegistryError when the registry refuses."""
+    registry = Registry.from_params(task.params)
+    changed, after, before = converge(task, registry)
+    return {
+        "changed": changed,
+        "provider_id": registry.provider_id,
+        "diff": {"before": comparable(before) or {}, "after": comparable(after) or {}},
+        result_key: after,
+    }
+
+
 def exit_converged(module, converge, result_key, comparable):
-    """Run a module's converge(module, registry) -> (changed, after, before) and exit with its result and diff."""
-    registry = Registry.from_module(module)
+    """A module's converged() result as its exit, or its failure."""
     try:
-        changed, after, before = converge(module, registry)
+        result = converged(module, converge, result_key, comparable)
     except RegistryError as exc:
         module.fail_json(msg=str(exc), status=exc.status, code=exc.code)
-    module.exit_json(
-        changed=changed,
-        provider_id=registry.provider_id,
-        diff={"before": comparable(before) or {}, "after": comparable(after) or {}},
-        **{result_key: after},
-    )
+    module.exit_json(**result)
