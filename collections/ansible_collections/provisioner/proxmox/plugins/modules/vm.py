@@ -468,6 +468,11 @@ def agent_value(current):
     return ",".join(["enabled=1"] + [x for x in parts if not re.match(r"^(0|1|enabled=.*)$", x)])
 
 
+def cloud_init_drives(config):
+    """The config keys of the VM's Proxmox cloud-init drives, sorted."""
+    return sorted(k for k, v in config.items() if DISK_KEY.match(k) and CLOUD_INIT_VOLUME.search(str(v)))
+
+
 def config_changes(p, config, serial):
     """(updates, deletes): the config keys to set and to delete so the VM matches p."""
     updates = {}
@@ -491,7 +496,7 @@ def config_changes(p, config, serial):
             updates["smbios1"] = smbios1
     deletes = []
     if p["remove_cloud_init_drives"]:
-        deletes = sorted(k for k, v in config.items() if DISK_KEY.match(k) and CLOUD_INIT_VOLUME.search(str(v)))
+        deletes = cloud_init_drives(config)
     if native_mode(p):
         updates.update(native_changes(p, config))
     return updates, deletes
@@ -510,7 +515,7 @@ def native_changes(p, config):
     for option, key in (("cloud_init_ipconfig0", "ipconfig0"), ("cloud_init_nameserver", "nameserver")):
         if p[option] and config.get(key) != p[option]:
             changes[key] = p[option]
-    if not any(DISK_KEY.match(k) and CLOUD_INIT_VOLUME.search(str(v)) for k, v in config.items()):
+    if not cloud_init_drives(config):
         storage = p["cloud_init_drive_storage"] or str(config.get(p["disk"], "")).split(":", 1)[0]
         changes[p["cloud_init_drive"]] = f"{storage}:cloudinit"
     return changes
@@ -665,8 +670,7 @@ class VmConverger:
             disks = sorted(k for k in config if DISK_KEY.match(k))
             self.fail(["its boot disk {} is not in its config (disks: {})".format(p["disk"], ", ".join(disks))])
         drive = config.get(p["cloud_init_drive"])
-        has_drive = any(DISK_KEY.match(k) and CLOUD_INIT_VOLUME.search(str(v)) for k, v in config.items())
-        if native_mode(p) and not has_drive and drive is not None and not EMPTY_CDROM.match(str(drive)):
+        if native_mode(p) and not cloud_init_drives(config) and drive is not None and not EMPTY_CDROM.match(str(drive)):
             self.fail(
                 [f"{p['cloud_init_drive']} holds {drive!r}; choose a free cloud_init_drive for the cloud-init drive"]
             )
