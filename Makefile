@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run discovery test test-fast lint molecule bench clean install
+.PHONY: run discovery test test-fast lint molecule bench clean install guest-deps guest-images
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,17 @@ run: $(STAMP)
 discovery: $(STAMP)
 	$(BIN)/provisioner discovery
 
+# Real guests (PROVISIONER_SIM_GUESTS=container|vm, and the real-guest tests) need these Debian packages and root.
+GUEST_PACKAGES := mmdebstrap systemd-container dnsmasq-base iproute2 e2fsprogs openssh-client qemu-system-x86 qemu-utils
+
+guest-deps:
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(GUEST_PACKAGES)
+
+# Build the guest images the cache lacks (Debian 12 and 13, container and vm; each once, about a minute).
+guest-images: $(STAMP)
+	$(BIN)/python -m guests.images
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
@@ -29,8 +40,8 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check engine web_provider api discovery collections tests bench molecule
-	$(BIN)/ruff format --check engine web_provider api discovery collections tests bench molecule
+	$(BIN)/ruff check engine web_provider api discovery guests collections tests bench molecule
+	$(BIN)/ruff format --check engine web_provider api discovery guests collections tests bench molecule
 	$(BIN)/ansible-lint --profile production playbooks roles molecule
 
 # Every Molecule scenario under molecule/, one after the other, each against its own Proxmox simulator and seed

@@ -68,6 +68,15 @@ def run(args: argparse.Namespace) -> None:
     except (InvalidSSHKey, FlavourFileError) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    if settings.simulated and settings.sim_guests != "none":
+        from guests.system import GuestsUnavailable, require
+
+        try:
+            require(settings.sim_guests)
+        except GuestsUnavailable as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        print(f"Real guests: {settings.sim_guests} (images are built on first use, about a minute each)", flush=True)
     app = create_app(runtime)
     base = f"http://{settings.server_host}:{settings.server_port}"
     print(f"VISA web provider: {base}  (VISA_CLOUD_WEB_PROVIDER_URL={base})", flush=True)

@@ -158,8 +158,12 @@ class Runtime:
             clone_secs=s.sim_clone_secs,
             start_secs=s.sim_start_secs,
             boot_secs=s.sim_boot_secs,
+            guests=s.sim_guests,
+            progress=lambda line: log.info("%s", line),
         )
         log.info("embedded Proxmox simulator at %s", self.simulator.url)
+        if self.simulator.guest_gateway is not None:
+            self._reach_seeds_from_guests()
         connection = ProxmoxConnection(
             host=self.simulator.host,
             port=self.simulator.port,
@@ -170,6 +174,17 @@ class Runtime:
         )
         write_env_file(s.state_dir / "proxmox.env", connection.ansible_env())
         return connection
+
+    def _reach_seeds_from_guests(self) -> None:
+        """Real guests reach the host at the guest network's gateway only: unless the seed URL is configured, it is
+        this service's port there, forwarded to where the service listens."""
+        s = self.settings
+        if s.metadata_server:
+            return
+        target = "127.0.0.1" if s.server_host in ("0.0.0.0", "::", "") else s.server_host
+        reachable = self.simulator.expose(s.server_port, target, s.server_port)
+        s.metadata_server = f"http://{reachable}{s.seed_path_prefix}/"
+        log.info("real guests (%s) fetch their seeds at %s", s.sim_guests, s.seed_base_url)
 
 
 def write_env_file(path: Path, env: dict[str, str]) -> None:

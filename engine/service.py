@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -44,6 +45,9 @@ class InstanceView:
     vm_status: str | None  # Proxmox status, None when absent from a fresh snapshot
     vm_lock: str | None
     snapshot_ok: bool
+    # Running with its address for longer than the readiness timeout, but the guest never phoned home: cloud-init
+    # did not apply our seed (unreachable, or it failed), so nobody can log in.
+    seed_overdue: bool = False
 
 
 class Provisioner:
@@ -100,6 +104,7 @@ class Provisioner:
             instances = list(session.scalars(query.order_by(Instance.id)))
             jobs = self._open_jobs(session, [i.id for i in instances] if instance_id is not None else None)
         views = []
+        overdue_before = utcnow() - timedelta(seconds=self.settings.ready_timeout_s)
         for instance in instances:
             vm = snapshot.vms.get(instance.id) if snapshot else None
             views.append(
@@ -109,6 +114,7 @@ class Provisioner:
                     vm.status if vm else None,
                     vm.lock if vm else None,
                     snapshot is not None,
+                    seed_overdue=_seed_overdue(instance, vm.status if vm else None, overdue_before),
                 )
             )
         return views
@@ -338,3 +344,13 @@ class Provisioner:
 
     def _node_allowed(self, node: str) -> bool:
         return not self.settings.node_allowlist or node in self.settings.node_allowlist
+
+
+def _seed_overdue(instance: Instance, vm_status: str | None, overdue_before: datetime) -> bool:
+    """True for a running instance of ours that never phoned home although it was created before the deadline."""
+    if instance.adopted or instance.phoned_home_at is not None or vm_status != "running":
+        return False
+    if instance.lifecycle != Lifecycle.PROVISIONED or not instance.address:
+        return False
+    created = instance.created_at if instance.created_at.tzinfo else instance.created_at.replace(tzinfo=UTC)
+    return created < overdue_before

@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     batch_window_ms: int = Field(300, ge=0, le=10000, validation_alias=env("PROVISIONER_BATCH_WINDOW_MS"))
     job_timeout_s: int = Field(1800, ge=10, validation_alias=env("PROVISIONER_JOB_TIMEOUT"))
     address_timeout_s: int = Field(600, ge=5, validation_alias=env("PROVISIONER_ADDRESS_TIMEOUT"))
+    # A running instance whose guest has not phoned home this long after its create is reported as failed.
+    ready_timeout_s: int = Field(900, ge=10, validation_alias=env("PROVISIONER_READY_TIMEOUT"))
     refresh_interval_s: float = Field(2.0, gt=0, validation_alias=env("PROVISIONER_REFRESH_INTERVAL"))
     stale_after_s: float = Field(30.0, gt=0, validation_alias=env("PROVISIONER_STALE_AFTER"))
     job_nice: int = Field(10, ge=0, le=19, validation_alias=env("PROVISIONER_JOB_NICE"))
@@ -114,6 +116,8 @@ class Settings(BaseSettings):
     sim_clone_secs: float = Field(2.0, ge=0, validation_alias=env("PROVISIONER_SIM_CLONE_SECS"))
     sim_start_secs: float = Field(1.0, ge=0, validation_alias=env("PROVISIONER_SIM_START_SECS"))
     sim_boot_secs: float = Field(8.0, ge=0, validation_alias=env("PROVISIONER_SIM_BOOT_SECS"))
+    # none: the emulated boot; container / vm: every VM the simulator starts is a real Debian guest.
+    sim_guests: str = Field("none", pattern=r"^(none|container|vm)$", validation_alias=env("PROVISIONER_SIM_GUESTS"))
 
     @field_validator("proxmox_endpoint")
     @classmethod

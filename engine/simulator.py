@@ -48,6 +48,11 @@ from fakepve import FakePve, FakeVm, PveError, TaskError, settle
 from fakepve.certs import make_cert
 
 from engine.files import write_private
+from guests.backend import KINDS as GUEST_KINDS
+from guests.backend import GuestBackend
+from guests.power import GuestPower
+from guests.spec import GuestSpec
+from guests.system import GuestsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +130,15 @@ def agent_enabled(config: dict[str, Any]) -> bool:
 # ---------------------------------------------------------------------------------------- guest identity
 
 
+# The emulated guests' addresses: in the test range 198.18.0.0/15 (RFC 2544), like the real guests', so nothing
+# that talks to a made-up guest address ever reaches a private or public network.
+EMULATED_NETWORK = ipaddress.IPv4Network("198.18.0.0/15")
+
+
 def guest_ipv4(vmid: int) -> str:
-    """The stable, per-VMID unique address of a guest's eth0 (a /16): 10.<20+vmid/65536>.<vmid/256>.<vmid%256>."""
-    return f"10.{20 + vmid // 65536 % 200}.{vmid // 256 % 256}.{vmid % 256}"
+    """A stable address per VMID in 198.18.0.0/15 (unique over any 131070 consecutive VMIDs)."""
+    span = EMULATED_NETWORK.num_addresses - 2
+    return str(EMULATED_NETWORK.network_address + 1 + vmid % span)
 
 
 def guest_mac(config: dict[str, Any], vmid: int) -> str:
@@ -158,7 +169,7 @@ def _address(ip: str, prefix: int) -> dict[str, Any]:
 
 
 def guest_interfaces(vmid: int, mac: str) -> list[dict[str, Any]]:
-    """network-get-interfaces as qemu-ga answers it: lo, then eth0 with the guest's IPv4 (/16) and link-local."""
+    """network-get-interfaces as qemu-ga answers it: lo, then eth0 with the guest's IPv4 and link-local."""
     return [
         {
             "name": "lo",
@@ -168,7 +179,10 @@ def guest_interfaces(vmid: int, mac: str) -> list[dict[str, Any]]:
         {
             "name": "eth0",
             "hardware-address": mac,
-            "ip-addresses": [_address(guest_ipv4(vmid), 16), _address(link_local(mac), 64)],
+            "ip-addresses": [
+                _address(guest_ipv4(vmid), EMULATED_NETWORK.prefixlen),
+                _address(link_local(mac), 64),
+            ],
         },
     ]
 
@@ -195,6 +209,32 @@ def ssh_host_keys(seed: str, hostname: str) -> dict[str, str]:
         name: f"{key} root@{hostname}\n"
         for name, key in (("pub_key_ed25519", edkey), ("pub_key_ecdsa", ecdsa), ("pub_key_rsa", rsa))
     }
+
+
+def guest_spec(vm: FakeVm) -> GuestSpec:
+    """A real guest's hardware from the VM's config: SMBIOS serial (decoded) and uuid, net0's MAC, boot disk size."""
+    config = vm.config
+    try:
+        serial = smbios_serial(config)
+    except ValueError:
+        log.warning("VM %s: smbios1 serial is not valid base64; the guest gets none", vm.vmid)
+        serial = None
+    _first, smbios = split_props(str(config.get("smbios1", "")))
+    disk = 0
+    boot = re.search(r"order=([a-z]+\d+)", str(config.get("boot", "")))
+    for key in ([boot.group(1)] if boot else []) + ["scsi0", "virtio0", "sata0", "ide0"]:
+        _volume, props = split_props(str(config.get(key, "")))
+        disk = parse_size(props.get("size", "")) or 0
+        if disk:
+            break
+    return GuestSpec(
+        serial=serial,
+        uuid=smbios.get("uuid"),
+        mac=guest_mac(config, vm.vmid),
+        disk_bytes=disk or 3 * GIB,
+        cores=int(config.get("cores", 1)) * int(config.get("sockets", 1)),
+        memory_mb=int(config.get("memory", 1024)),
+    )
 
 
 # ------------------------------------------------------------------------------------------- cloud-init
@@ -357,6 +397,12 @@ class ClusterSimulator(FakePve):  # type: ignore[misc]
         self._power: dict[int, _Power] = {}
         self._sidecar: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
+        # Real guests (PROVISIONER_SIM_GUESTS=container|vm) instead of the emulated boot; None: emulated.
+        self.guests: GuestPower | None = None
+
+    def use_guests(self, backend: GuestBackend) -> None:
+        """Boot real guests from now on: templates are mapped to the backend's images when seeded."""
+        self.guests = GuestPower(backend, guest_spec, lambda vm: agent_enabled(vm.config))
 
     # ----------------------------------------------------------------------- queries
 
@@ -374,7 +420,10 @@ class ClusterSimulator(FakePve):  # type: ignore[misc]
     async def start(self, certfile: str, keyfile: str) -> None:
         """Listen (as FakePve.start) and run the boot sidecar."""
         await super().start(certfile, keyfile)
-        self._sidecar = asyncio.ensure_future(self._sidecar_loop())
+        if self.guests is not None:
+            self.guests.start(lambda: list(self.vms))
+        else:
+            self._sidecar = asyncio.ensure_future(self._sidecar_loop())
 
     async def stop(self) -> None:
         """Stop the sidecar, every boot in flight and the HTTP client, then stop listening."""
@@ -385,6 +434,8 @@ class ClusterSimulator(FakePve):  # type: ignore[misc]
         await asyncio.gather(*(t for t in tasks if t is not None), return_exceptions=True)
         self._sidecar = None
         self._power.clear()
+        if self.guests is not None:
+            await self.guests.stop()
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -425,8 +476,17 @@ class ClusterSimulator(FakePve):  # type: ignore[misc]
         extra = {"qmclone": self.clone_secs, "qmstart": self.start_secs}.get(ttype, 0)
         if extra:
             body = self._delayed(body, extra)
+        if self.guests is not None:
+            body = self.guests.wrap(ttype, tid, vm, body)
         upid: str = await super().task(node, ttype, tid, user, body, vm=vm, lock=lock, log=log)
         return upid
+
+    async def _powerdown(self, vm: FakeVm, p: dict[str, Any]) -> str | None:
+        """A clean shutdown (qmshutdown, and the first half of qmreboot): a real guest's own poweroff."""
+        if self.guests is None:
+            result: str | None = await super()._powerdown(vm, p)
+            return result
+        return await self.guests.powerdown(vm, p, self.shutdown_default_timeout)
 
     def _delayed(self, body: TaskBody, secs: float) -> TaskBody:
         async def delayed() -> Any:
@@ -688,11 +748,17 @@ class TemplateSpec:
     node: str
     disk_bytes: int
     cloud_init_drive: bool = False  # a Proxmox cloud-init drive (ide2), as many sites' templates carry
+    image: str | None = None  # the real guest image its clones boot (guests.images), None: emulated only
 
 
 TEMPLATES = (
-    TemplateSpec(9000, "debian-12-cloud", "pve1", 3 * GIB),
+    TemplateSpec(9000, "debian-12-cloud", "pve1", 3 * GIB, image="debian-12"),
     TemplateSpec(9001, "ubuntu-24.04-cloud", "pve2", 3584 * MIB, cloud_init_drive=True),
+)
+# With real guests: the templates whose images are built from Debian's packages (cloud-init 22.4 and 25.1).
+REAL_GUEST_TEMPLATES = (
+    TemplateSpec(9000, "debian-12-cloud", "pve1", 3 * GIB, image="debian-12"),
+    TemplateSpec(9002, "debian-13-cloud", "pve2", 3 * GIB, cloud_init_drive=True, image="debian-13"),
 )
 SECURITY_GROUPS: dict[str, tuple[str, list[dict[str, Any]]]] = {
     "default": ("Baseline for every VM: ping", [{"type": "in", "action": "ACCEPT", "macro": "Ping", "enable": 1}]),
@@ -719,9 +785,11 @@ def seed_cluster(sim: ClusterSimulator) -> None:
         sim.add_ceph_storage(CEPH_STORAGE, pool="vm")
         sim.storages[CEPH_STORAGE]["total"] = 4 * TIB
     sim.storages["local-lvm"].setdefault("total", 800 * GIB)
-    for spec in TEMPLATES:
+    for spec in REAL_GUEST_TEMPLATES if sim.guests is not None else TEMPLATES:
         if sim.vm(spec.vmid) is None:
             _add_template(sim, spec)
+        if sim.guests is not None and spec.image:
+            sim.guests.images[spec.vmid] = spec.image
     groups = sim.firewall_config("cluster")
     for name, (comment, rules) in SECURITY_GROUPS.items():
         if name not in groups["groups"]:
@@ -830,8 +898,21 @@ class SimulatorHandle:
         """Run a coroutine on the simulator's loop and wait for its result (thread-safe)."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
+    @property
+    def guest_gateway(self) -> str | None:
+        """With real guests: the simulator's address on the guest network; None with the emulated boot."""
+        return self.sim.guests.backend.gateway if self.sim.guests is not None else None
+
+    def expose(self, port: int, target_host: str, target_port: int) -> str:
+        """Make a host service reachable from real guests at <gateway>:port; returns that address as host:port."""
+        if self.sim.guests is None:
+            raise RuntimeError("the simulator runs no real guests")
+        self.call(self.sim.guests.expose(port, target_host, target_port))
+        return f"{self.guest_gateway}:{port}"
+
     def stop(self) -> None:
-        """Stop serving, cancel whatever still runs on the loop and end the thread (idempotent)."""
+        """Stop serving, cancel whatever still runs on the loop and end the thread, then remove every real guest
+        and the guest network (idempotent)."""
         if self._stopped:
             return
         self._stopped = True
@@ -844,6 +925,8 @@ class SimulatorHandle:
             self._thread.join(START_TIMEOUT)
             if not self._thread.is_alive():
                 self._loop.close()
+            if self.sim.guests is not None:
+                self.sim.guests.backend.close()
 
     def __enter__(self) -> SimulatorHandle:
         return self
@@ -873,12 +956,18 @@ def start_simulator(
     *,
     node_cpus: int = 32,
     node_memory_gib: int = 128,
+    guests: str = "none",
+    progress: Callable[[str], None] | None = None,
 ) -> SimulatorHandle:
     """Serve a (seeded) ClusterSimulator at https://host:port (port 0: a free one) with the boot sidecar running.
 
     state_dir receives simulator.crt (the CA to verify against), simulator.key and token (the secret of
-    root@pam!provisioner, mode 0600).
+    root@pam!provisioner, mode 0600). guests: none (emulated boot), container or vm (real guests: their images
+    are built first if the cache lacks them, `progress` hears about it; guests.system.GuestsUnavailable when the
+    host cannot run them).
     """
+    if guests not in GUEST_KINDS:
+        raise ValueError(f"guests must be one of {', '.join(GUEST_KINDS)}, not {guests!r}")
     state = Path(state_dir)
     state.mkdir(parents=True, exist_ok=True)
     certfile, keyfile, _der = make_cert(str(state), name="simulator", hosts=(host,))
@@ -886,13 +975,22 @@ def start_simulator(
     sim.time_scale = time_scale
     sim.clone_secs, sim.start_secs, sim.boot_secs = clone_secs, start_secs, boot_secs
     sim.node_cpus, sim.node_memory = node_cpus, node_memory_gib * GIB
+    if guests != "none":
+        backend = GuestBackend(guests, state / "guests", progress=progress)
+        backend.open(spec.image for spec in REAL_GUEST_TEMPLATES if spec.image)
+        sim.use_guests(backend)
     if seed:
         seed_cluster(sim)
     secret = secrets.token_urlsafe(32)
     sim.apitokens[TOKEN_ID] = secret
     token_file = state / "token"
     write_private(token_file, secret + "\n")
-    handle = SimulatorHandle(sim, certfile, secret, str(token_file))
+    try:
+        handle = SimulatorHandle(sim, certfile, secret, str(token_file))
+    except BaseException:
+        if sim.guests is not None:
+            sim.guests.backend.close()
+        raise
     try:
         handle.call(sim.start(certfile, keyfile))
     except BaseException:
@@ -920,6 +1018,20 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         default=0,
         help="add this many running VISA-INSTANCE-<vmid> VMs (vmid 190000 up) to be adopted",
     )
+    parser.add_argument(
+        "--guests",
+        choices=GUEST_KINDS,
+        default=os.environ.get("PROVISIONER_SIM_GUESTS", "none"),
+        help="real guests: container (systemd-nspawn) or vm (QEMU); none: the emulated boot "
+        "(default: PROVISIONER_SIM_GUESTS or none)",
+    )
+    parser.add_argument(
+        "--expose",
+        action="append",
+        default=[],
+        metavar="PORT=HOST:PORT",
+        help="with real guests: forward <guest gateway>:PORT to HOST:PORT (a seed server on loopback); repeatable",
+    )
     parser.add_argument("--node-cpus", type=int, default=32)
     parser.add_argument("--node-memory-gib", type=int, default=128)
     return parser.parse_args(argv)
@@ -929,15 +1041,17 @@ async def _add_running(sim: ClusterSimulator, count: int) -> None:
     add_running_vms(sim, count, 190000, "VISA-INSTANCE")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Serve until SIGINT or SIGTERM; print the URL, the CA and the token file (never the secret)."""
-    args = _arguments(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    done = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: done.set())
-    handle = start_simulator(
+def _forward(spec: str) -> tuple[int, str, int]:
+    """PORT=HOST:PORT as (gateway port, target host, target port)."""
+    port, _, target = spec.partition("=")
+    host, _, target_port = target.rpartition(":")
+    if not (port.isdigit() and target_port.isdigit() and host):
+        raise ValueError(f"{spec!r} is not PORT=HOST:PORT")
+    return int(port), host, int(target_port)
+
+
+def _start_from(args: argparse.Namespace) -> SimulatorHandle:
+    return start_simulator(
         args.state_dir,
         args.host,
         args.port,
@@ -948,12 +1062,37 @@ def main(argv: list[str] | None = None) -> int:
         seed=not args.no_seed,
         node_cpus=args.node_cpus,
         node_memory_gib=args.node_memory_gib,
+        guests=args.guests,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),  # noqa: T201
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve until SIGINT or SIGTERM; print the URL, the CA and the token file (never the secret)."""
+    args = _arguments(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    done = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: done.set())
+    try:
+        handle = _start_from(args)
+    except GuestsUnavailable as e:
+        sys.stderr.write(f"{e}\n")
+        return 2
     if args.running_vms:
         handle.call(_add_running(handle.sim, args.running_vms))
+    try:
+        exposed = [handle.expose(*_forward(spec)) for spec in args.expose]
+    except (ValueError, RuntimeError, OSError) as e:
+        handle.stop()
+        sys.stderr.write(f"--expose: {e}\n")
+        return 2
     sys.stdout.write(
         f"simulator ready\nurl: {handle.url}\nca: {handle.cafile}\ntoken id: {handle.token_id}\n"
         f"token secret file: {handle.token_file}\n"
+        + (f"guest gateway: {handle.guest_gateway}\n" if handle.guest_gateway else "")
+        + "".join(f"exposed to guests: {address}\n" for address in exposed)
     )
     sys.stdout.flush()
     try:

@@ -97,6 +97,9 @@ def start_service(
     """The service on a free port; no discovery registry unless `discovery_enabled=True` (then on `registry`)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
+    if getattr(simulator, "guest_gateway", None):  # real guests reach the seeds at the gateway, forwarded here
+        reachable = simulator.expose(sock.getsockname()[1], "127.0.0.1", sock.getsockname()[1])
+        overrides.setdefault("metadata_server", f"http://{reachable}/seed/")
     values: dict[str, Any] = {
         "auth_token": TOKEN,
         "state_dir": tmp_path,
@@ -120,6 +123,19 @@ def start_service(
         verify=str(simulator.cafile),
     )
     return LiveService(Runtime(settings, connection=connection, registry_settings=registry), sock)
+
+
+def require_real_guests(kind: str) -> None:
+    """Skip a real-guest test on a host that cannot run real guests of this kind, with what is missing; where they
+    are required (`.ci/run` sets PROVISIONER_REAL_GUESTS_REQUIRED=1), fail instead: they are never skipped there."""
+    from guests.system import GuestsUnavailable, require
+
+    try:
+        require(kind)
+    except GuestsUnavailable as e:
+        if os.environ.get("PROVISIONER_REAL_GUESTS_REQUIRED") == "1":
+            pytest.fail(str(e))
+        pytest.skip(str(e))
 
 
 @pytest.fixture(scope="module")

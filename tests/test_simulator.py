@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import ipaddress
 import os
 import signal
 import socket
@@ -200,12 +201,14 @@ def phone_home_vendor_data(server: SeedServer) -> str:
 # ------------------------------------------------------------------------------------------- pure helpers
 
 
-def test_guest_ipv4_is_readable_unique_and_stable() -> None:
-    assert guest_ipv4(100) == "10.20.0.100"
-    assert guest_ipv4(9001) == "10.20.35.41"
-    assert guest_ipv4(70000) == "10.21.17.112"
-    vmids = range(100, 70000)
-    assert len({guest_ipv4(vmid) for vmid in vmids}) == len(vmids)
+def test_guest_ipv4_is_in_the_test_range_unique_and_stable() -> None:
+    assert guest_ipv4(100) == "198.18.0.101"
+    assert guest_ipv4(70000) == "198.19.17.113"
+    vmids = range(100000, 200000)
+    addresses = {guest_ipv4(vmid) for vmid in vmids}
+    assert len(addresses) == len(vmids)
+    assert all(ipaddress.ip_address(a) in ipaddress.ip_network("198.18.0.0/15") for a in addresses)
+    assert not {"198.18.0.0", "198.19.255.255"} & addresses
     assert guest_ipv4(4242) == guest_ipv4(4242)
 
 
@@ -394,7 +397,7 @@ def test_agent_answers_with_the_guest_address_after_boot_secs(serve: Serve) -> N
     began = time.monotonic()
     task_done(api, "pve1", api.nodes("pve1").qemu(120).status.start.post())
     assert agent_address(api, "pve1", 120) is None  # still booting: agent not running
-    assert wait_for(lambda: agent_address(api, "pve1", 120)) == "10.20.0.120"
+    assert wait_for(lambda: agent_address(api, "pve1", 120)) == guest_ipv4(120)
     assert time.monotonic() - began >= 0.5
     interfaces = api.nodes("pve1").qemu(120).agent("network-get-interfaces").get()["result"]
     mac = api.nodes("pve1").qemu(120).config.get()["net0"].split(",")[0].split("=")[1]
@@ -411,7 +414,7 @@ def test_stop_takes_the_agent_away_and_a_start_boots_again(serve: Serve) -> None
     wait_for(lambda: handle.sim.vm(121).agent is None)
     assert agent_address(api, "pve1", 121) is None
     api.nodes("pve1").qemu(121).status.start.post()
-    assert wait_for(lambda: agent_address(api, "pve1", 121)) == "10.20.0.121"
+    assert wait_for(lambda: agent_address(api, "pve1", 121)) == guest_ipv4(121)
     assert handle.sim.boots[121] == 2
 
 
@@ -471,7 +474,7 @@ def test_boot_fetches_the_seed_and_phones_home(serve: Serve, seeds: SeedServer) 
     assert (kind, comment) == ("ssh-ed25519", "root@web-130") and blob.startswith("AAAA")
     assert base64.b64decode(blob)[4:15] == b"ssh-ed25519"
     assert run.phone_home_status == 200 and run.phone_home_attempts == 1
-    assert wait_for(lambda: agent_address(api, "pve1", 130)) == "10.20.0.130"
+    assert wait_for(lambda: agent_address(api, "pve1", 130)) == guest_ipv4(130)
     hostname = api.nodes("pve1").qemu(130).agent("get-host-name").get()["result"]["host-name"]
     assert hostname == "web-130"
 
@@ -487,7 +490,7 @@ def test_user_data_404_means_datasource_none_but_the_agent_still_comes_up(serve:
     assert run.datasource == "None"
     assert (run.status("meta-data"), run.status("user-data"), run.status("vendor-data")) == (200, 404, None)
     assert seeds.posts == [] and run.phone_home_status is None
-    assert wait_for(lambda: agent_address(api, "pve1", 131)) == "10.20.0.131"
+    assert wait_for(lambda: agent_address(api, "pve1", 131)) == guest_ipv4(131)
 
 
 def test_failing_phone_home_is_retried_and_never_holds_the_agent_back(serve: Serve, seeds: SeedServer) -> None:
@@ -501,7 +504,7 @@ def test_failing_phone_home_is_retried_and_never_holds_the_agent_back(serve: Ser
     run = wait_for(lambda: finished(handle, 136))
     assert run.datasource == "NoCloudNet" and run.phone_home_status == 503 and run.phone_home_attempts == 2
     assert [path for path, _form in seeds.posts] == ["/phone/i-136"] * 2  # tries: 2
-    assert agent_address(api, "pve1", 136) == "10.20.0.136"
+    assert agent_address(api, "pve1", 136) == guest_ipv4(136)
 
 
 def test_unreachable_seed_is_recorded_as_datasource_none(serve: Serve) -> None:
@@ -545,7 +548,7 @@ def test_every_boot_fetches_the_seed_again(serve: Serve, seeds: SeedServer) -> N
     assert seeds.gets("/seed/vm134/meta-data") == ["/seed/vm134/meta-data"] * 2
     assert [path for path, _form in seeds.posts] == ["/phone/i-134"] * 2
     assert seeds.posts[0][1]["pub_key_ed25519"] == seeds.posts[1][1]["pub_key_ed25519"]  # same instance, same key
-    assert wait_for(lambda: agent_address(api, "pve1", 134)) == "10.20.0.134"
+    assert wait_for(lambda: agent_address(api, "pve1", 134)) == guest_ipv4(134)
 
 
 def test_reboot_takes_the_agent_away_until_the_guest_is_up_again(serve: Serve) -> None:
@@ -556,7 +559,7 @@ def test_reboot_takes_the_agent_away_until_the_guest_is_up_again(serve: Serve) -
     wait_for(lambda: agent_address(api, "pve1", 135))
     task_done(api, "pve1", api.nodes("pve1").qemu(135).status.reboot.post())
     wait_for(lambda: handle.sim.vm(135).agent is None)
-    assert wait_for(lambda: agent_address(api, "pve1", 135)) == "10.20.0.135"
+    assert wait_for(lambda: agent_address(api, "pve1", 135)) == guest_ipv4(135)
     assert handle.sim.boots[135] == 2
 
 

@@ -138,9 +138,10 @@ def _view(
     address: str | None = "10.0.0.5",
     snapshot_ok: bool = True,
     lock: str | None = None,
+    overdue: bool = False,
 ) -> InstanceView:
     instance = Instance(id=100, name="n", lifecycle=lifecycle, address=address)
-    return InstanceView(instance, job, status, lock, snapshot_ok)
+    return InstanceView(instance, job, status, lock, snapshot_ok, seed_overdue=overdue)
 
 
 @pytest.mark.parametrize(
@@ -163,6 +164,9 @@ def _view(
         (_view(Lifecycle.PROVISIONED, status="unknown"), VisaState.UNKNOWN),
         (_view(Lifecycle.PROVISIONED, lock="migrate"), VisaState.ACTIVE_MIGRATING),
         (_view(Lifecycle.PROVISIONED, status="stopped", lock="migrate"), VisaState.MIGRATING),
+        (_view(Lifecycle.PROVISIONED, overdue=True), VisaState.ERROR),
+        (_view(Lifecycle.PROVISIONED, "reboot", overdue=True), VisaState.REBOOTING),
+        (_view(Lifecycle.PROVISIONED, status="stopped", overdue=True), VisaState.STOPPED),
     ],
 )
 def test_visa_state_mapping(view: InstanceView, state: VisaState):
@@ -243,3 +247,26 @@ def test_write_private_tightens_an_existing_file(tmp_path: Path):
     write_private(path, "new\n")
     assert path.read_text(encoding="utf-8") == "new\n"
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_seed_overdue_only_for_running_instances_of_ours_that_never_phoned_home():
+    from datetime import timedelta
+
+    from engine.models import utcnow
+    from engine.service import _seed_overdue
+
+    deadline = utcnow() - timedelta(seconds=900)
+    old, recent = deadline - timedelta(seconds=1), deadline + timedelta(seconds=1)
+
+    def instance(**values) -> Instance:
+        fields = {"lifecycle": Lifecycle.PROVISIONED, "address": "198.18.0.10", "adopted": False, "created_at": old}
+        return Instance(id=100, name="n", **(fields | values))
+
+    assert _seed_overdue(instance(), "running", deadline)
+    assert _seed_overdue(instance(created_at=old.replace(tzinfo=None)), "running", deadline)  # SQLite's naive UTC
+    assert not _seed_overdue(instance(created_at=recent), "running", deadline)
+    assert not _seed_overdue(instance(phoned_home_at=old), "running", deadline)
+    assert not _seed_overdue(instance(adopted=True), "running", deadline)
+    assert not _seed_overdue(instance(), "stopped", deadline)
+    assert not _seed_overdue(instance(address=None), "running", deadline)
+    assert not _seed_overdue(instance(lifecycle=Lifecycle.BUILDING), "running", deadline)

@@ -38,6 +38,10 @@ async def provisioner(request: Request) -> Provisioner:
 ProvisionerDep = Annotated[Provisioner, Depends(provisioner)]
 
 
+# The fault of an instance that runs but whose guest did not finish cloud-init within PROVISIONER_READY_TIMEOUT.
+SEED_OVERDUE = "the guest did not finish cloud-init"
+
+
 def image_out(vm: VmInfo) -> ImageOut:
     return ImageOut(id=str(vm.vmid), name=vm.name, size=vm.maxdisk)
 
@@ -50,7 +54,17 @@ def instance_out(view: InstanceView) -> InstanceOut:
     instance = view.instance
     state = visa_state(view)
     fault = None
-    if state is VisaState.ERROR:
+    if state is VisaState.ERROR and view.seed_overdue:
+        fault = FaultOut(
+            message=SEED_OVERDUE,
+            code=500,
+            details=(
+                f"the guest at {instance.address} is running but never phoned home: cloud-init could not fetch its "
+                "NoCloud seed (is the seed URL reachable from the guest network?) or failed before its final stage"
+            ),
+            created=iso(instance.created_at),
+        )
+    elif state is VisaState.ERROR:
         fault = FaultOut(
             message=instance.fault_message or "error",
             code=500,

@@ -51,5 +51,7 @@ def visa_state(view: InstanceView) -> VisaState:
     if view.vm_lock == "migrate":
         return VisaState.ACTIVE_MIGRATING if view.vm_status == "running" else VisaState.MIGRATING
     if view.vm_status == "running":
+        if view.seed_overdue:
+            return VisaState.ERROR
         return VisaState.ACTIVE if view.instance.address else VisaState.STARTING
     return POWER_STATES.get(view.vm_status, VisaState.UNKNOWN)

@@ -1,0 +1,326 @@
+"""Real Debian guests (systemd-nspawn) behind the simulator's Proxmox API: VISA creates them, users log in.
+
+Nothing here talks to the guest except as a user would: the service's seed reaches it only through the VM's
+SMBIOS serial (the container init's command line) and the DHCP network, and the tests log in over SSH with the
+site key or the key VISA sent, trusting only the host key the guest phoned home.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from engine.models import Instance
+from engine.naming import hostname
+from tests.conftest import ROOT, LiveService, require_real_guests, start_service, visa_body, wait_for
+from tests.guest_ssh import GuestSSH, KeyPair, scanned_host_key
+
+pytestmark = [pytest.mark.slow, pytest.mark.real_guest, pytest.mark.xdist_group("real_guests")]
+
+BOOT_COMMAND = """#!/bin/bash
+set -e
+{ echo "owner=$(cloud-init query ds.meta_data.meta.owner)"; echo "uid=$(id -u)"; } > /var/tmp/bootcommand.out
+"""
+IMAGES = {"9000": "Debian 12, cloud-init 22.4", "9002": "Debian 13, cloud-init 25.1"}
+GUEST_NETWORK_PREFIX = "198.1"  # 198.18.0.0/15
+READ_TOKEN = "real-guests-read-token-0123"
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, KeyPair]:
+    directory = tmp_path_factory.mktemp("keys")
+    return {name: KeyPair.generate(directory, name) for name in ("site", "user", "stranger")}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    require_real_guests("container")
+    from engine.simulator import start_simulator
+
+    handle = start_simulator(tmp_path_factory.mktemp("simulator"), time_scale=0, guests="container")
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory, cluster: Any, keys: dict[str, KeyPair]) -> Iterator[LiveService]:
+    from discovery.settings import RegistrySettings
+
+    state = tmp_path_factory.mktemp("service")
+    registry = RegistrySettings(host="127.0.0.1", port=0, read_token=READ_TOKEN, state_dir=state / "registry")
+    live = start_service(
+        state,
+        cluster,
+        registry=registry,
+        discovery_enabled=True,
+        ssh_public_keys=keys["site"].public,
+        address_timeout_s=180,
+    )
+    yield live
+    live.stop()
+
+
+def stored(service: LiveService, instance_id: str) -> Instance:
+    with service.runtime.db.session() as session:
+        instance = session.get(Instance, int(instance_id))
+        assert instance is not None
+        session.expunge(instance)
+        return instance
+
+
+def phoned_home(service: LiveService, instance_id: str, timeout: float = 120) -> Instance:
+    """The instance once its guest phoned home (cloud-init's final stage ran with our data)."""
+    return wait_for(
+        lambda: (i := stored(service, instance_id)).phoned_home_at is not None and i,
+        timeout=timeout,
+        what=f"instance {instance_id} to phone home",
+    )
+
+
+def create(service: LiveService, name: str, image: str, user_key: KeyPair, **extra: Any) -> str:
+    body = visa_body(
+        name=name,
+        image=image,
+        bootCommand=BOOT_COMMAND,
+        metadata={"owner": "alice", "id": "7", "instruments": "", "sshPublicKey": user_key.public},
+        **extra,
+    )
+    response = service.client.post("/api/instances", json=body)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def login(service: LiveService, tmp_path: Path, instance_id: str, key: KeyPair) -> GuestSSH:
+    instance = phoned_home(service, instance_id)
+    assert instance.host_key and instance.host_key.startswith("ssh-ed25519 ")
+    active = service.instance(instance_id)
+    ssh = GuestSSH(tmp_path, active["address"], service.settings.cloud_init_user, key, instance.host_key)
+    ssh.wait()
+    return ssh
+
+
+def seed_status(service: LiveService, token: str) -> int:
+    return httpx.get(f"{service.base}/seed/{token}/meta-data", timeout=10).status_code
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES), ids=[IMAGES[i] for i in sorted(IMAGES)])
+def test_a_visa_instance_is_a_guest_users_log_in_to(
+    image: str, service: LiveService, cluster: Any, keys: dict[str, KeyPair], tmp_path: Path
+) -> None:
+    instance_id = create(service, f"VISA-INSTANCE-G{image}", image, keys["user"])
+    assert service.instance(instance_id)["state"] == "BUILDING"
+    active = service.wait_state(instance_id, "ACTIVE", timeout=240)
+    assert active["address"].startswith(GUEST_NETWORK_PREFIX), active
+    leases = (cluster.sim.guests.backend.network.workdir / "dnsmasq.leases").read_text()
+    assert f" {active['address']} " in leases, "the address must be the one the DHCP server leased"
+
+    site = login(service, tmp_path, instance_id, keys["site"])
+    host_key = stored(service, instance_id).host_key or ""
+    user = GuestSSH(tmp_path, site.address, site.user, keys["user"], host_key)
+    assert user.check("id -un").strip() == service.settings.cloud_init_user
+    stranger = GuestSSH(tmp_path, site.address, site.user, keys["stranger"], host_key)
+    assert stranger.run("true").returncode != 0
+
+    status = site.run("cloud-init status --wait --long")
+    assert status.returncode in (0, 2), status.stdout + status.stderr  # 2: done, with nocloud-net's deprecation
+    assert "NoCloudNet" in status.stdout or "nocloud-net" in status.stdout.lower(), status.stdout
+    assert site.check("hostname").strip() == hostname(f"VISA-INSTANCE-G{image}", int(instance_id))
+    meta = json.loads(site.check("cloud-init query ds.meta_data.meta"))
+    assert meta == {"owner": "alice", "id": "7", "instruments": "", "sshPublicKey": keys["user"].public}
+    assert site.check("cat /var/tmp/bootcommand.out").split() == ["owner=alice", "uid=0"]
+    assert site.check("sudo -n id -u").strip() == "0"
+    authorized = site.check("cat ~/.ssh/authorized_keys")
+    assert keys["site"].public in authorized and keys["user"].public in authorized
+
+    # Reboot: the same disk, the same host key (the pinned known_hosts still matches), cloud-init ran again.
+    site.check("echo kept > /var/tmp/disk-marker; sudo touch /run/boot-marker")
+    boots_before = len(site.check("sudo journalctl --list-boots --no-pager").splitlines())
+    assert service.client.post(f"/api/instances/{instance_id}/reboot").status_code == 200
+    service.wait_state(instance_id, "ACTIVE", timeout=180)
+    site.wait()
+    assert site.check("cat /var/tmp/disk-marker").strip() == "kept"
+    assert site.run("test -e /run/boot-marker").returncode != 0, "the guest did not reboot"
+    assert len(site.check("sudo journalctl --list-boots --no-pager").splitlines()) == boots_before + 1
+
+    # Shutdown is the guest's own clean poweroff; start boots it again on the same disk.
+    assert service.client.post(f"/api/instances/{instance_id}/shutdown").status_code == 200
+    service.wait_state(instance_id, "STOPPED", timeout=120)
+    assert not cluster.sim.guests.backend.running(int(instance_id))
+    assert site.run("true", timeout=20).returncode != 0
+    assert service.client.post(f"/api/instances/{instance_id}/start").status_code == 200
+    service.wait_state(instance_id, "ACTIVE", timeout=180)
+    site.wait()
+    assert site.check("cat /var/tmp/disk-marker").strip() == "kept"
+
+    # Delete: the guest, its disk and its seed are gone.
+    token = stored(service, instance_id).seed_token
+    assert seed_status(service, token) == 200
+    disk = cluster.sim.guests.backend.workdir / "guests" / instance_id
+    assert disk.exists()
+    assert service.client.delete(f"/api/instances/{instance_id}").status_code == 200
+    wait_for(
+        lambda: service.client.get(f"/api/instances/{instance_id}").status_code == 404,
+        timeout=120,
+        what="the instance to be gone",
+    )
+    assert int(instance_id) not in cluster.sim.guests.backend.vmids()
+    assert not disk.exists()
+    assert seed_status(service, token) == 404
+
+
+def test_a_guest_with_a_wrong_seed_token_gets_no_user_and_refuses_the_key(
+    service: LiveService, cluster: Any, keys: dict[str, KeyPair], tmp_path: Path
+) -> None:
+    """A VM made by hand whose serial names a seed that does not exist: cloud-init falls back to no datasource."""
+    from proxmoxer import ProxmoxAPI
+
+    api = ProxmoxAPI(
+        cluster.host,
+        port=cluster.port,
+        user="root@pam",
+        token_name="provisioner",
+        token_value=cluster.token_secret,
+        verify_ssl=cluster.cafile,
+    )
+    vmid = 190500
+    api.nodes("pve1").qemu(9000).clone.post(newid=vmid, name="wrong-token", full=1)
+    serial = f"ds=nocloud-net;s={service.settings.seed_base_url}{'x' * 43}/"
+    import base64
+
+    encoded = base64.b64encode(serial.encode()).decode()
+    api.nodes("pve1").qemu(vmid).config.put(smbios1=f"base64=1,serial={encoded}")
+    api.nodes("pve1").qemu(vmid).status.start.post()
+    try:
+        address = wait_for(lambda: guest_address(api, vmid), timeout=120, what="the guest's DHCP address")
+        ssh = GuestSSH(tmp_path, address, service.settings.cloud_init_user, keys["site"], scanned_host_key(address))
+        time.sleep(5)  # cloud-init has long given up on the seed by the time sshd answers; be generous anyway
+        refused = ssh.run("true")
+        assert refused.returncode == 255 and "Permission denied" in refused.stderr, refused.stderr
+    finally:
+        api.nodes("pve1").qemu(vmid).status.stop.post()
+        wait_for(lambda: api.nodes("pve1").qemu(vmid).status.current.get()["status"] == "stopped", timeout=60)
+        api.nodes("pve1").qemu(vmid).delete()
+
+
+def test_a_guest_that_cannot_reach_its_seed_is_an_instance_fault_never_a_5xx(
+    tmp_path_factory: pytest.TempPathFactory, cluster: Any, keys: dict[str, KeyPair], tmp_path: Path
+) -> None:
+    with socket.socket() as probe:  # a port on the gateway nothing listens on
+        probe.bind((cluster.guest_gateway, 0))
+        port = probe.getsockname()[1]
+    live = start_service(
+        tmp_path_factory.mktemp("unreachable"),
+        cluster,
+        ssh_public_keys=keys["site"].public,
+        address_timeout_s=180,
+        ready_timeout_s=20,
+        metadata_server=f"http://{cluster.guest_gateway}:{port}/seed/",
+    )
+    try:
+        instance_id = create(live, "VISA-INSTANCE-NOSEED", "9000", keys["user"])
+        states: list[str] = []
+
+        def failed() -> dict[str, Any] | None:
+            response = live.client.get(f"/api/instances/{instance_id}")
+            assert response.status_code == 200, response.text
+            states.append(response.json()["state"])
+            return response.json() if states[-1] == "ERROR" else None
+
+        body = wait_for(failed, timeout=240, interval=1, what="the instance to report the fault")
+        assert "ACTIVE" in states and states[0] == "BUILDING", states
+        assert body["fault"]["message"] == "the guest did not finish cloud-init"
+        assert body["address"] in body["fault"]["details"] and "seed" in body["fault"]["details"]
+        assert stored(live, instance_id).phoned_home_at is None
+        ssh = GuestSSH(
+            tmp_path, body["address"], live.settings.cloud_init_user, keys["site"], scanned_host_key(body["address"])
+        )
+        assert ssh.run("true").returncode == 255
+        assert live.client.delete(f"/api/instances/{instance_id}").status_code == 200
+        wait_for(lambda: live.client.get(f"/api/instances/{instance_id}").status_code == 404, timeout=120)
+    finally:
+        live.stop()
+
+
+def guest_address(api: Any, vmid: int) -> str | None:
+    try:
+        interfaces = api.nodes("pve1").qemu(vmid).agent("network-get-interfaces").get()["result"]
+    except Exception:
+        return None
+    for interface in interfaces:
+        for address in interface.get("ip-addresses", []):
+            if address["ip-address-type"] == "ipv4" and address["ip-address"].startswith(GUEST_NETWORK_PREFIX):
+                return str(address["ip-address"])
+    return None
+
+
+def test_ten_concurrent_creates_all_accept_ssh(
+    service: LiveService, keys: dict[str, KeyPair], tmp_path: Path, cluster: Any
+) -> None:
+    ids = [create(service, f"VISA-INSTANCE-C{n}", "9000", keys["user"]) for n in range(10)]
+    for instance_id in ids:
+        service.wait_state(instance_id, "ACTIVE", timeout=300)
+    with ThreadPoolExecutor(10) as pool:
+        logins = list(pool.map(lambda i: login(service, tmp_path, i, keys["user"]), ids))
+    addresses = {ssh.address for ssh in logins}
+    assert len(addresses) == 10
+    for ssh, instance_id in zip(logins, ids, strict=True):
+        assert ssh.check("hostname").strip() == hostname(f"VISA-INSTANCE-C{ids.index(instance_id)}", int(instance_id))
+    for instance_id in ids:
+        assert service.client.delete(f"/api/instances/{instance_id}").status_code == 200
+    for instance_id in ids:
+        wait_for(
+            lambda i=instance_id: service.client.get(f"/api/instances/{i}").status_code == 404,
+            timeout=180,
+            what="the instances to be gone",
+        )
+    assert cluster.sim.guests.backend.vmids() == []
+
+
+def test_the_discovery_inventory_reaches_the_guests_the_service_made(
+    service: LiveService, keys: dict[str, KeyPair], tmp_path: Path
+) -> None:
+    """`ansible -i inventory/discovery.yml visa -m ping` as an operator runs it, with the site key."""
+    instance_id = create(service, "VISA-INSTANCE-DISCO", "9002", keys["user"])
+    service.wait_state(instance_id, "ACTIVE", timeout=240)
+    ssh = login(service, tmp_path, instance_id, keys["site"])
+    known_hosts = ssh.known_hosts  # the pinned host key
+    assert service.runtime.registry is not None
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+        "DISCOVERY_URL": service.runtime.registry.url,
+        "DISCOVERY_READ_TOKEN": READ_TOKEN,
+        "ANSIBLE_PRIVATE_KEY_FILE": str(keys["site"].private),
+        "ANSIBLE_SSH_ARGS": f"-F /dev/null -o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=yes "
+        "-o IdentitiesOnly=yes",
+    }
+    pinged = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ansible"),
+            "-i",
+            "inventory/discovery.yml",
+            "visa",
+            "-m",
+            "ansible.builtin.ping",
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert pinged.returncode == 0, pinged.stdout + pinged.stderr
+    assert "VISA-INSTANCE-DISCO | SUCCESS" in pinged.stdout and '"ping": "pong"' in pinged.stdout
+    assert service.client.delete(f"/api/instances/{instance_id}").status_code == 200
+    wait_for(lambda: service.client.get(f"/api/instances/{instance_id}").status_code == 404, timeout=120)
