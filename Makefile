@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run discovery test test-fast lint molecule bench clean install guest-deps guest-images
+.PHONY: run discovery test test-fast lint molecule bench clean install guest-deps guest-images bench-guests
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,8 @@ discovery: $(STAMP)
 	$(BIN)/provisioner discovery
 
 # Real guests (PROVISIONER_SIM_GUESTS=container|vm, and the real-guest tests) need these Debian packages and root.
-GUEST_PACKAGES := mmdebstrap systemd-container dnsmasq-base iproute2 e2fsprogs openssh-client qemu-system-x86 qemu-utils
+GUEST_PACKAGES := mmdebstrap systemd-container dnsmasq-base iproute2 e2fsprogs openssh-client qemu-system-x86 qemu-utils \
+	genisoimage
 
 guest-deps:
 	apt-get update -qq
@@ -48,6 +49,9 @@ lint: $(STAMP)
 # server (molecule/shared/create.yml). Molecule runs ansible-config and ansible-playbook from PATH.
 molecule: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/molecule test --all
+
+bench-guests: $(STAMP)
+	$(BIN)/python bench/real_guests.py --cold-build
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py

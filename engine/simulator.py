@@ -48,6 +48,7 @@ from fakepve import FakePve, FakeVm, PveError, TaskError, settle
 from fakepve.certs import make_cert
 
 from engine.files import write_private
+from guests import cidrive
 from guests.backend import KINDS as GUEST_KINDS
 from guests.backend import GuestBackend
 from guests.power import GuestPower
@@ -234,6 +235,7 @@ def guest_spec(vm: FakeVm) -> GuestSpec:
         disk_bytes=disk or 3 * GIB,
         cores=int(config.get("cores", 1)) * int(config.get("sockets", 1)),
         memory_mb=int(config.get("memory", 1024)),
+        cloud_init=cidrive.documents(config, vm.vmid),
     )
 
 
@@ -958,13 +960,15 @@ def start_simulator(
     node_memory_gib: int = 128,
     guests: str = "none",
     progress: Callable[[str], None] | None = None,
+    guest_images: Iterable[str] | None = None,
 ) -> SimulatorHandle:
     """Serve a (seeded) ClusterSimulator at https://host:port (port 0: a free one) with the boot sidecar running.
 
     state_dir receives simulator.crt (the CA to verify against), simulator.key and token (the secret of
     root@pam!provisioner, mode 0600). guests: none (emulated boot), container or vm (real guests: their images
     are built first if the cache lacks them, `progress` hears about it; guests.system.GuestsUnavailable when the
-    host cannot run them).
+    host cannot run them). guest_images: the images to make ready (default: every real template's); a VM of a
+    template whose image is not among them fails to start.
     """
     if guests not in GUEST_KINDS:
         raise ValueError(f"guests must be one of {', '.join(GUEST_KINDS)}, not {guests!r}")
@@ -977,7 +981,8 @@ def start_simulator(
     sim.node_cpus, sim.node_memory = node_cpus, node_memory_gib * GIB
     if guests != "none":
         backend = GuestBackend(guests, state / "guests", progress=progress)
-        backend.open(spec.image for spec in REAL_GUEST_TEMPLATES if spec.image)
+        wanted = [spec.image for spec in REAL_GUEST_TEMPLATES if spec.image]
+        backend.open(wanted if guest_images is None else [name for name in wanted if name in set(guest_images)])
         sim.use_guests(backend)
     if seed:
         seed_cluster(sim)

@@ -4,6 +4,7 @@
   (``disk/upper``): it survives stop, start and reboot, and `destroy()` removes it.
 * Seed: cloud-init does not read DMI inside a container; it reads the kernel command line of the container's
   init, ``/proc/1/cmdline``. The SMBIOS serial Proxmox would give a VM is passed there, as the init's one argument.
+  A Proxmox cloud-init drive, which a container cannot mount, is its NoCloud seed directory (guests.cidrive).
 * Network: a namespace with a veth named like the guest link, whose guest end is ``eth0`` with the VM's net0 MAC,
   the host end enslaved to the simulator's bridge; the guest takes its address by DHCP like a VM would.
 * Power: SIGTERM to nspawn is a clean poweroff of the guest, SIGKILL to the guest's init a hard stop; a guest that
@@ -20,7 +21,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from guests import system
+from guests import cidrive, system
 from guests.images import Image
 from guests.network import GuestNetwork
 from guests.spec import GuestSpec, agent_interfaces
@@ -68,6 +69,10 @@ class ContainerGuest:
                     f"lowerdir={self.image.rootfs},upperdir={upper},workdir={work}", str(self.root),
                 ]
             )  # fmt: skip
+            if spec.cloud_init is not None:
+                cidrive.write_seed_dir(self.root, spec.cloud_init)
+            else:
+                cidrive.remove_seed_dir(self.root)
             self._plug()
             self._boot(spec)
         except BaseException:

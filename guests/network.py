@@ -160,6 +160,7 @@ class GuestNetwork:
             "--dhcp-option=option:router",  # no default route: guests reach the bridge only
             "--dhcp-option=option:dns-server",
             "--dhcp-authoritative",
+            "--no-ping",  # the guests' addresses are ours to give: no 3 s ICMP probe before each offer
             f"--dhcp-leasefile={leases}",
             f"--pid-file={self.workdir / 'dnsmasq.pid'}",
             "--user=root",

@@ -17,6 +17,8 @@ class GuestSpec:
     disk_bytes: int
     cores: int = 1
     memory_mb: int = 1024
+    # The documents of the VM's Proxmox cloud-init drive (guests.cidrive), None when it has none.
+    cloud_init: dict[str, str] | None = None
 
 
 def agent_interfaces(links: list[dict[str, Any]]) -> list[dict[str, Any]]:

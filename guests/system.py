@@ -29,6 +29,7 @@ NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
         ("dnsmasq", "dnsmasq-base"),
         ("qemu-system-x86_64", "qemu-system-x86"),
         ("qemu-img", "qemu-utils"),
+        ("genisoimage", "genisoimage"),  # Proxmox cloud-init drives
     ),
 }
 

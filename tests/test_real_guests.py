@@ -101,12 +101,13 @@ def create(service: LiveService, name: str, image: str, user_key: KeyPair, **ext
     return str(response.json()["id"])
 
 
-def login(service: LiveService, tmp_path: Path, instance_id: str, key: KeyPair) -> GuestSSH:
-    instance = phoned_home(service, instance_id)
+def login(service: LiveService, tmp_path: Path, instance_id: str, key: KeyPair, timeout: float = 120) -> GuestSSH:
+    """SSH as the cloud-init user, once the guest phoned home, trusting the host key it sent."""
+    instance = phoned_home(service, instance_id, timeout)
     assert instance.host_key and instance.host_key.startswith("ssh-ed25519 ")
     active = service.instance(instance_id)
     ssh = GuestSSH(tmp_path, active["address"], service.settings.cloud_init_user, key, instance.host_key)
-    ssh.wait()
+    ssh.wait(timeout)
     return ssh
 
 
@@ -252,9 +253,9 @@ def test_a_guest_that_cannot_reach_its_seed_is_an_instance_fault_never_a_5xx(
         live.stop()
 
 
-def guest_address(api: Any, vmid: int) -> str | None:
+def guest_address(api: Any, vmid: int, node: str = "pve1") -> str | None:
     try:
-        interfaces = api.nodes("pve1").qemu(vmid).agent("network-get-interfaces").get()["result"]
+        interfaces = api.nodes(node).qemu(vmid).agent("network-get-interfaces").get()["result"]
     except Exception:
         return None
     for interface in interfaces:
@@ -324,3 +325,51 @@ def test_the_discovery_inventory_reaches_the_guests_the_service_made(
     assert "VISA-INSTANCE-DISCO | SUCCESS" in pinged.stdout and '"ping": "pong"' in pinged.stdout
     assert service.client.delete(f"/api/instances/{instance_id}").status_code == 200
     wait_for(lambda: service.client.get(f"/api/instances/{instance_id}").status_code == 404, timeout=120)
+
+
+def test_create_yml_by_hand_with_a_proxmox_cloud_init_drive_gives_a_guest_to_log_in_to(
+    cluster: Any, keys: dict[str, KeyPair], tmp_path: Path
+) -> None:
+    """An operator without the service: native cloud-init (ciuser, sshkeys on the VM's cloud-init drive)."""
+    import yaml
+
+    from tests.conftest import ansible_env
+
+    variables = yaml.safe_load((ROOT / "examples" / "vm.yml").read_text())
+    variables.pop("vm_seed_url")
+    variables |= {"vm_vmid": 4243, "vm_cloud_init_user": "alice", "vm_cloud_init_ssh_keys": [keys["user"].public]}
+    variables["vm_address_timeout"] = 180
+    extra = tmp_path / "vm.yml"
+    extra.write_text(yaml.safe_dump(variables))
+    binary = Path(sys.executable).parent / "ansible-playbook"
+
+    def playbook(name: str) -> subprocess.CompletedProcess[str]:
+        command = [str(binary), "-i", "inventory/hosts.yml", f"playbooks/{name}", "-e", f"@{extra}"]
+        env = {k: v for k, v in ansible_env(cluster).items() if not k.startswith("DISCOVERY_")}
+        return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+    created = playbook("create.yml")
+    assert created.returncode == 0, created.stdout[-3000:]
+    address = wait_for(lambda: guest_address_on(cluster, "pve2", 4243), timeout=60, what="the guest's address")
+    ssh = GuestSSH(tmp_path, address, "alice", keys["user"], scanned_host_key(address))
+    ssh.wait()
+    assert ssh.check("hostname").strip() == "example-vm"
+    assert ssh.check("sudo -n id -un").strip() == "root"
+    assert "NoCloud" in ssh.check("cloud-init status --wait --long || true")
+    deleted = playbook("delete.yml")
+    assert deleted.returncode == 0, deleted.stdout[-3000:]
+    assert 4243 not in cluster.sim.guests.backend.vmids()
+
+
+def guest_address_on(cluster: Any, node: str, vmid: int) -> str | None:
+    from proxmoxer import ProxmoxAPI
+
+    api = ProxmoxAPI(
+        cluster.host,
+        port=cluster.port,
+        user="root@pam",
+        token_name="provisioner",
+        token_value=cluster.token_secret,
+        verify_ssl=cluster.cafile,
+    )
+    return guest_address(api, vmid, node)
