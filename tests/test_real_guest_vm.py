@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import LiveService, require_real_guests, start_service, wait_for
 from tests.guest_ssh import KeyPair
-from tests.test_real_guests import create, login, stored
+from tests.test_real_guests import create, leftovers, login, stored
 
 pytestmark = [
     pytest.mark.slow,
@@ -33,11 +33,12 @@ def vm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     require_real_guests("vm")
     from engine.simulator import start_simulator
 
-    handle = start_simulator(
-        tmp_path_factory.mktemp("simulator"), time_scale=0, guests="vm", guest_images=["debian-12"]
-    )
+    state = tmp_path_factory.mktemp("simulator")
+    handle = start_simulator(state, time_scale=0, guests="vm", guest_images=["debian-12"])
+    index = handle.sim.guests.backend.network.index
     yield handle
     handle.stop()
+    assert leftovers(index, state) == []
 
 
 def test_a_qemu_guest_takes_its_seed_from_the_smbios_serial_and_reports_through_its_agent(

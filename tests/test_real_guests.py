@@ -48,9 +48,34 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     require_real_guests("container")
     from engine.simulator import start_simulator
 
-    handle = start_simulator(tmp_path_factory.mktemp("simulator"), time_scale=0, guests="container")
+    state = tmp_path_factory.mktemp("simulator")
+    handle = start_simulator(state, time_scale=0, guests="container")
+    index = handle.sim.guests.backend.network.index
     yield handle
     handle.stop()
+    assert leftovers(index, state) == []
+
+
+def leftovers(index: int, directory: Path) -> list[str]:
+    """What is still on the machine of guest network `index` and of the guests kept under `directory`."""
+    found = []
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    found += [f"netns {line.split()[0]}" for line in namespaces.splitlines() if line.startswith(f"pg{index}-")]
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+    for line in links.splitlines():
+        name = line.split(": ")[1].split("@")[0]
+        if name.startswith(f"pg{index}-") or name == f"pgbr{index}":
+            found.append(f"link {name}")
+    with open("/proc/self/mounts") as mounts:
+        found += [f"mount {m.split()[1]}" for m in mounts if m.split()[1].startswith(str(directory))]
+    for process in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (process / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(directory) in argv and ("nspawn" in argv or "dnsmasq" in argv or "qemu" in argv):
+            found.append(f"process {process.name}: {argv[:80]}")
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +188,11 @@ def test_a_visa_instance_is_a_guest_users_log_in_to(
     service.wait_state(instance_id, "ACTIVE", timeout=180)
     site.wait()
     assert site.check("cat /var/tmp/disk-marker").strip() == "kept"
+
+    # A guest that powers itself off is a stopped VM.
+    site.run("sudo systemctl poweroff", timeout=20)
+    service.wait_state(instance_id, "STOPPED", timeout=120)
+    assert cluster.sim.vm(int(instance_id)).status == "stopped"
 
     # Delete: the guest, its disk and its seed are gone.
     token = stored(service, instance_id).seed_token
@@ -373,3 +403,38 @@ def guest_address_on(cluster: Any, node: str, vmid: int) -> str | None:
         verify_ssl=cluster.cafile,
     )
     return guest_address(api, vmid, node)
+
+
+CRASHING = """
+import sys, time
+from pathlib import Path
+from guests.backend import GuestBackend
+from guests.spec import GuestSpec
+backend = GuestBackend("container", Path(sys.argv[1])).open(["debian-12"])
+backend.start(4321, "debian-12", GuestSpec(serial=None, uuid=None, mac="bc:24:11:00:43:21", disk_bytes=1 << 30))
+print(backend.network.index, flush=True)
+time.sleep(600)
+"""
+
+
+def test_what_a_crashed_simulator_left_is_removed_by_the_next_one(tmp_path: Path) -> None:
+    require_real_guests("container")
+    from guests.network import GuestNetwork
+
+    crashed = tmp_path / "crashed"
+    process = subprocess.Popen(
+        [sys.executable, "-c", CRASHING, str(crashed)], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    try:
+        index = int(process.stdout.readline() if process.stdout else "")
+        left = leftovers(index, crashed)
+        assert {f"netns pg{index}-4321", f"link pgbr{index}", f"link pg{index}-4321"} <= set(left), left
+        assert any(item.startswith("mount ") for item in left) and any("nspawn" in item for item in left), left
+    finally:
+        process.kill()
+        process.wait()
+    time.sleep(1)
+    assert leftovers(index, crashed), "a killed simulator's guests outlive it (they run in their own session)"
+    successor = GuestNetwork(tmp_path / "next").open()
+    successor.close()
+    assert leftovers(index, crashed) == []
