@@ -153,6 +153,21 @@ def ansible_env(simulator: Any) -> dict[str, str]:
     return {**os.environ, **connection.ansible_env(), "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")}
 
 
+def pve_api(simulator: Any) -> Any:
+    """A proxmoxer client of the simulator, as root@pam!provisioner (what an operator's scripts would use)."""
+    from proxmoxer import ProxmoxAPI
+
+    user, _, token = simulator.token_id.partition("!")
+    return ProxmoxAPI(
+        simulator.host,
+        port=simulator.port,
+        user=user,
+        token_name=token,
+        token_value=simulator.token_secret,
+        verify_ssl=simulator.cafile,
+    )
+
+
 def mutations(simulator: Any, since: int = 0) -> list[tuple[str, str]]:
     """The mutating requests the simulator recorded since an index."""
     return [(m, p) for m, p, _ in list(simulator.sim.requests)[since:] if m in MUTATING]

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import LiveService, require_real_guests, start_service, wait_for
+from tests.conftest import LiveService, pve_api, require_real_guests, start_service, wait_for
 from tests.guest_ssh import KeyPair
 from tests.test_real_guests import create, leftovers, login, stored
 
@@ -84,14 +84,4 @@ def test_a_qemu_guest_takes_its_seed_from_the_smbios_serial_and_reports_through_
 
 
 def guest_agent_interfaces(cluster: Any, node: str, vmid: int) -> list[dict[str, Any]]:
-    from proxmoxer import ProxmoxAPI
-
-    api = ProxmoxAPI(
-        cluster.host,
-        port=cluster.port,
-        user="root@pam",
-        token_name="provisioner",
-        token_value=cluster.token_secret,
-        verify_ssl=cluster.cafile,
-    )
-    return list(api.nodes(node).qemu(vmid).agent("network-get-interfaces").get()["result"])
+    return list(pve_api(cluster).nodes(node).qemu(vmid).agent("network-get-interfaces").get()["result"])

@@ -23,7 +23,7 @@ import pytest
 
 from engine.models import Instance
 from engine.naming import hostname
-from tests.conftest import ROOT, LiveService, require_real_guests, start_service, visa_body, wait_for
+from tests.conftest import ROOT, LiveService, pve_api, require_real_guests, start_service, visa_body, wait_for
 from tests.guest_ssh import GuestSSH, KeyPair, scanned_host_key
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_guest, pytest.mark.xdist_group("real_guests")]
@@ -214,16 +214,7 @@ def test_a_guest_with_a_wrong_seed_token_gets_no_user_and_refuses_the_key(
     service: LiveService, cluster: Any, keys: dict[str, KeyPair], tmp_path: Path
 ) -> None:
     """A VM made by hand whose serial names a seed that does not exist: cloud-init falls back to no datasource."""
-    from proxmoxer import ProxmoxAPI
-
-    api = ProxmoxAPI(
-        cluster.host,
-        port=cluster.port,
-        user="root@pam",
-        token_name="provisioner",
-        token_value=cluster.token_secret,
-        verify_ssl=cluster.cafile,
-    )
+    api = pve_api(cluster)
     vmid = 190500
     api.nodes("pve1").qemu(9000).clone.post(newid=vmid, name="wrong-token", full=1)
     serial = f"ds=nocloud-net;s={service.settings.seed_base_url}{'x' * 43}/"
@@ -392,17 +383,7 @@ def test_create_yml_by_hand_with_a_proxmox_cloud_init_drive_gives_a_guest_to_log
 
 
 def guest_address_on(cluster: Any, node: str, vmid: int) -> str | None:
-    from proxmoxer import ProxmoxAPI
-
-    api = ProxmoxAPI(
-        cluster.host,
-        port=cluster.port,
-        user="root@pam",
-        token_name="provisioner",
-        token_value=cluster.token_secret,
-        verify_ssl=cluster.cafile,
-    )
-    return guest_address(api, vmid, node)
+    return guest_address(pve_api(cluster), vmid, node)
 
 
 CRASHING = """
