@@ -108,6 +108,16 @@ def test_seed_server_serves_what_the_service_renders_and_records_phone_home(seed
     assert record == {"count": 2, "fields": {"instance_id": "iid-7", "hostname": "vm-7"}}
 
 
+def test_a_seed_read_through_another_address_phones_home_there(seeds: Any, tmp_path: Path):
+    """Real guests reach this server through the simulator's forward: the seed's own URL, not this server's."""
+    forwarded = f"http://198.18.3.1:8642/seed/{TOKEN}/"
+    fields = {"instance_id": "iid-8", "hostname": "vm-8", "user": "visa", "ssh_keys": [], "metadata": {},
+              "boot_command": None, "seed_url": forwarded}  # fmt: skip
+    (tmp_path / "seeds" / f"{TOKEN}.json").write_text(json.dumps(fields))
+    vendor = yaml.safe_load(get(f"{seeds.base_url}{TOKEN}/vendor-data")[1])
+    assert vendor["phone_home"]["url"] == f"{forwarded}phone-home"
+
+
 def test_seed_server_log_never_shows_a_token(seeds: Any, capsys: pytest.CaptureFixture[str]):
     get(f"{seeds.base_url}{TOKEN}/meta-data")
     time.sleep(0.1)

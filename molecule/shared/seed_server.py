@@ -1,8 +1,10 @@
 """The Molecule scenarios' NoCloud seed server: the documents engine.cloudinit renders, served per token.
 
 The service serves seeds from its database (api/seed.py). Here a seed is the file `<state-dir>/seeds/<token>.json`
-holding the SeedContext fields (instance_id, hostname, user, ssh_keys, metadata, boot_command; phone_home_url
-is this server's), written by a scenario's prepare step. Guests (the simulator's boot sidecar) GET
+holding the SeedContext fields (instance_id, hostname, user, ssh_keys, metadata, boot_command) and, optionally,
+seed_url: the URL the VM reads this seed from (its vm_seed_url; for real guests an address on their network that
+the simulator forwards here), written by a scenario's prepare step. phone_home posts to `<seed_url>phone-home`,
+this server's own `<url><token>/phone-home` when there is no seed_url. Guests (the simulator's boot sidecar) GET
 `<url><token>/{meta-data,user-data,vendor-data,network-config}` and POST `<url><token>/phone-home`; the last
 phone-home of a token is kept as `<state-dir>/phone-home/<token>.json` ({"count": n, "fields": {...}}), so a
 scenario can check that the guest's cloud-init applied the seed. An unknown token answers 404, like the service.
@@ -57,6 +59,7 @@ class SeedServer(ThreadingHTTPServer):
             fields = json.loads((self.state_dir / "seeds" / f"{token}.json").read_text())
         except FileNotFoundError:
             return None
+        seed_url = fields.get("seed_url") or f"{self.base_url}{token}/"
         return cloudinit.SeedContext(
             instance_id=str(fields["instance_id"]),
             hostname=str(fields["hostname"]),
@@ -64,7 +67,7 @@ class SeedServer(ThreadingHTTPServer):
             ssh_keys=[str(key) for key in fields.get("ssh_keys", [])],
             metadata=dict(fields.get("metadata", {})),
             boot_command=fields.get("boot_command"),
-            phone_home_url=f"{self.base_url}{token}/phone-home",
+            phone_home_url=f"{seed_url}phone-home",
         )
 
     def record_phone_home(self, token: str, fields: dict[str, str]) -> None:
