@@ -32,7 +32,7 @@ guest-deps:
 
 # Build the guest images the cache lacks (Debian 12 and 13, container and vm; each once, about a minute).
 guest-images: $(STAMP)
-	$(BIN)/python -m guests.images
+	$(BIN)/python -m simulator.guests.images
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
@@ -41,8 +41,9 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check engine web_provider api discovery guests collections tests bench molecule
-	$(BIN)/ruff format --check engine web_provider api discovery guests collections tests bench molecule
+	$(BIN)/ruff check provisioner engine web_provider api discovery common simulator collections tests bench molecule
+	$(BIN)/ruff format --check provisioner engine web_provider api discovery common simulator collections tests bench molecule
+	$(BIN)/lint-imports
 	$(BIN)/ansible-lint --profile production playbooks roles molecule
 
 # Every Molecule scenario under molecule/, one after the other, each against its own Proxmox simulator and seed

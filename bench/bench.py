@@ -84,7 +84,7 @@ class Processes:
             [
                 sys.executable,
                 "-m",
-                "engine.simulator",
+                "simulator",
                 "--state-dir",
                 str(sim_dir),
                 "--port",
@@ -134,7 +134,7 @@ class Processes:
             PROVISIONER_LOG_LEVEL="WARNING",
         )
         self.service = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "run"],  # the `provisioner` command, from `root`
+            [sys.executable, "-m", "provisioner.cli", "run"],  # the `provisioner` command, from `root`
             cwd=root,
             env=service_env,
             stdout=subprocess.DEVNULL,

@@ -28,8 +28,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.simulator import start_simulator  # noqa: E402
-from guests import images  # noqa: E402
+from simulator import start_simulator  # noqa: E402
+from simulator.guests import images  # noqa: E402
 from tests.conftest import start_service  # noqa: E402
 from tests.guest_ssh import KeyPair  # noqa: E402
 from tests.test_real_guests import create, login  # noqa: E402
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> None:
         with ThreadPoolExecutor(args.creates) as pool:
             burst = list(pool.map(lambda n: timed_create(live, work, key, f"VISA-INSTANCE-B{n}"), range(args.creates)))
         all_ready = time.monotonic() - started
-        backend = cluster.sim.guests.backend
+        backend = cluster.sim.simulator.guests.backend
         memory = [backend.memory_bytes(int(b["id"])) / MIB for b in burst]
         print(
             f"container, {args.creates} concurrent: all SSH-ready in {all_ready:.1f} s "
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> None:
         )
         try:
             vm = timed_create(live, work, key, "VISA-INSTANCE-QEMU")
-            rss = cluster.sim.guests.backend.memory_bytes(int(vm["id"])) / MIB
+            rss = cluster.sim.simulator.guests.backend.memory_bytes(int(vm["id"])) / MIB
             print(
                 f"QEMU (TCG), one guest: POST → ACTIVE {vm['active_s']:.1f} s, POST → SSH {vm['ssh_s']:.1f} s "
                 f"({vm['ssh_s'] / single:.1f} x a container); QEMU RSS {rss:.0f} MiB"

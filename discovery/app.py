@@ -13,11 +13,11 @@ from pathlib import Path
 from fastapi import FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from common.db import Database
 from discovery import routes, store
 from discovery.context import Registry
 from discovery.errors import RegistryError, error_response, install_error_handlers, rate_limited
 from discovery.settings import RegistrySettings
-from engine.db import Database
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from typing import TypeVar
 from fastapi import Request
 from sqlalchemy.orm import Session
 
+from common.db import Database
 from discovery.ratelimit import RateLimiter
 from discovery.settings import RegistrySettings
-from engine.db import Database
 
 T = TypeVar("T")
 

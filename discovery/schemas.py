@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 from datetime import datetime
 from typing import Annotated, Any
 
-from iso3166 import countries_by_alpha2
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, field_validator
+
+from common.validators import country_code, ip_address
 
 MAX_CPU = 65_536
 MAX_MEMORY_GB = 1_048_576  # 1 PiB
@@ -21,20 +21,6 @@ HOSTNAME = re.compile(
 # Variables a registered host must not set on an operator's controller: ansible_* (connection, interpreter,
 # ssh arguments: a ProxyCommand would run on the controller) are the registry's to derive.
 VAR_NAME = re.compile(r"^(?!ansible_)[A-Za-z_][A-Za-z0-9_]{0,63}$")
-
-
-def country_code(value: str) -> str:
-    code = value.upper()
-    if code not in countries_by_alpha2:
-        raise ValueError("must be an ISO 3166-1 alpha-2 country code")
-    return code
-
-
-def ip_address(value: str) -> str:
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        raise ValueError("must be an IPv4 or IPv6 address") from None
 
 
 def host_address(value: str) -> str:

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
-from engine.files import write_private
+from common.files import write_private
 
 SIGNATURE_WINDOW_S = 300
 PROVIDER_ID = re.compile(r"^[0-9a-f]{64}$")

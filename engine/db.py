@@ -1,85 +1,14 @@
-"""Database engine, sessions and schema migrations (Alembic, run at start-up)."""
+"""The service's database: common.db with the engine's own schema migrations (engine/migrations)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.orm import Session, sessionmaker
+from common import db
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def make_engine(url: str, immediate: bool = False) -> Engine:
-    """An engine for url. immediate (SQLite): every transaction starts with BEGIN IMMEDIATE.
-
-    Without it, pysqlite opens a deferred transaction that reads first and asks for the write lock later; two
-    of those that have both read cannot both upgrade, and SQLite answers "database is locked" at once instead of
-    waiting. Services whose every request writes (the discovery registry: nonces, upserts) take the write lock
-    up front, so concurrent requests queue on SQLite's busy timeout instead of failing.
-    """
-    if url.startswith("sqlite"):
-        # immediate: as many connections as request threads (Starlette's pool has 40), so a request waiting
-        # for the write lock never also waits for a connection held by a request queued behind it.
-        pool = {"pool_size": 48, "max_overflow": 0} if immediate else {}
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
-            if immediate:
-                dbapi_conn.isolation_level = None  # SQLAlchemy's begin event below opens the transactions
-
-        if immediate:
-
-            @event.listens_for(engine, "begin")
-            def _begin_immediate(connection):  # type: ignore[no-untyped-def]
-                connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-
-
-def migrate(engine: Engine, migrations: Path = MIGRATIONS) -> None:
-    """Bring the schema to the newest revision of a migrations directory."""
-    config = Config()
-    config.set_main_option("script_location", str(migrations))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
-
-
-class Database:
-    def __init__(self, url: str, migrations: Path = MIGRATIONS, immediate: bool = False) -> None:
-        self.migrations = migrations
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = make_engine(url, immediate)
-        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-
-    def migrate(self) -> None:
-        migrate(self.engine, self.migrations)
-
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A session that commits on success and rolls back on error."""
-        session = self.sessions()
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
-
-    def dispose(self) -> None:
-        self.engine.dispose()
+class Database(db.Database):
+    def __init__(self, url: str) -> None:
+        super().__init__(url, MIGRATIONS)

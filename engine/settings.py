@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from discovery.schemas import country_code, ip_address
+from common.validators import country_code, ip_address
 
 REFERENCE = "VISA_WEB_PROVIDER_PROXMOX_"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -16,8 +16,8 @@ import uvicorn
 
 from discovery.settings import RegistrySettings
 from engine.proxmox import ProxmoxConnection
-from engine.runtime import Runtime, create_app
 from engine.settings import Settings
+from provisioner.runtime import Runtime, create_app
 
 TOKEN = "test-visa-token-0123456789"
 SITE_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHVmPnHqL3iOx0hB3fm4tJq0pS0KyfHlLQ0n8Qd3JYJb site@example.org"
@@ -45,7 +45,7 @@ def wait_for(
 
 @pytest.fixture(scope="module")
 def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from engine.simulator import start_simulator
+    from simulator import start_simulator
 
     handle = start_simulator(tmp_path_factory.mktemp("simulator"), time_scale=0)
     yield handle
@@ -128,7 +128,7 @@ def start_service(
 def require_real_guests(kind: str) -> None:
     """Skip a real-guest test on a host that cannot run real guests of this kind, with what is missing; where they
     are required (`.ci/run` sets PROVISIONER_REAL_GUESTS_REQUIRED=1), fail instead: they are never skipped there."""
-    from guests.system import GuestsUnavailable, require
+    from simulator.guests.system import GuestsUnavailable, require
 
     try:
         require(kind)

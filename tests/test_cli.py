@@ -64,7 +64,7 @@ def test_bad_configuration_stops_the_service_with_a_clear_message(tmp_path: Path
     }
     full.update(env)
     result = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "run"],
+        [sys.executable, "-m", "provisioner.cli", "run"],
         env=full,
         capture_output=True,
         text=True,
@@ -81,7 +81,7 @@ def test_flavour_cli_sets_lists_imports_and_deletes(tmp_path: Path):
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "engine.cli", "flavours", *args],
+            [sys.executable, "-m", "provisioner.cli", "flavours", *args],
             env=env,
             capture_output=True,
             text=True,
@@ -125,7 +125,7 @@ def test_the_service_uses_a_configured_proxmox_endpoint(tmp_path: Path, simulato
         "PROVISIONER_PROXMOX_CA_FILE": str(simulator.cafile),
     }
     service = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "run"],
+        [sys.executable, "-m", "provisioner.cli", "run"],
         env=env,
         cwd=Path(__file__).parents[1],
         stdout=subprocess.PIPE,

@@ -17,7 +17,7 @@ import pytest
 from discovery import signing
 from discovery.client import ProviderAuth
 from engine.proxmox import ProxmoxConnection
-from engine.simulator import add_running_vms
+from simulator import add_running_vms
 from tests.conftest import start_test_registry
 from tests.test_playbooks import recap
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.simulator import _forward, guest_spec
-from guests import cidrive, images, network, system
-from guests.spec import agent_interfaces
+from simulator.guests import cidrive, images, network, system
+from simulator.guests.spec import agent_interfaces
+from simulator.identity import guest_spec
+from simulator.serve import parse_forward
 
 
 def test_a_host_without_the_tools_is_refused_in_one_line_naming_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -191,7 +192,7 @@ def test_subnets_are_disjoint_24s_of_the_test_range_and_link_names_fit() -> None
 
 
 def test_expose_takes_port_equals_host_colon_port() -> None:
-    assert _forward("8642=127.0.0.1:8643") == (8642, "127.0.0.1", 8643)
+    assert parse_forward("8642=127.0.0.1:8643") == (8642, "127.0.0.1", 8643)
     for bad in ("8642", "x=127.0.0.1:1", "1=127.0.0.1", "1=:2"):
         with pytest.raises(ValueError):
-            _forward(bad)
+            parse_forward(bad)

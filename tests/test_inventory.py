@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from engine.proxmox import ProxmoxConnection
-from engine.simulator import add_running_vms
+from simulator import add_running_vms
 
 ROOT = Path(__file__).parents[1]
 

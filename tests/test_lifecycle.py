@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from engine.simulator import guest_ipv4
+from simulator import guest_ipv4
 from tests.conftest import SITE_KEY, USER_KEY, LiveService, visa_body, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ansible")]

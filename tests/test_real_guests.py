@@ -46,11 +46,11 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, KeyPair]:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     require_real_guests("container")
-    from engine.simulator import start_simulator
+    from simulator import start_simulator
 
     state = tmp_path_factory.mktemp("simulator")
     handle = start_simulator(state, time_scale=0, guests="container")
-    index = handle.sim.guests.backend.network.index
+    index = handle.sim.simulator.guests.backend.network.index
     yield handle
     handle.stop()
     assert leftovers(index, state) == []
@@ -148,7 +148,7 @@ def test_a_visa_instance_is_a_guest_users_log_in_to(
     assert service.instance(instance_id)["state"] == "BUILDING"
     active = service.wait_state(instance_id, "ACTIVE", timeout=240)
     assert active["address"].startswith(GUEST_NETWORK_PREFIX), active
-    leases = (cluster.sim.guests.backend.network.workdir / "dnsmasq.leases").read_text()
+    leases = (cluster.sim.simulator.guests.backend.network.workdir / "dnsmasq.leases").read_text()
     assert f" {active['address']} " in leases, "the address must be the one the DHCP server leased"
 
     site = login(service, tmp_path, instance_id, keys["site"])
@@ -182,7 +182,7 @@ def test_a_visa_instance_is_a_guest_users_log_in_to(
     # Shutdown is the guest's own clean poweroff; start boots it again on the same disk.
     assert service.client.post(f"/api/instances/{instance_id}/shutdown").status_code == 200
     service.wait_state(instance_id, "STOPPED", timeout=120)
-    assert not cluster.sim.guests.backend.running(int(instance_id))
+    assert not cluster.sim.simulator.guests.backend.running(int(instance_id))
     assert site.run("true", timeout=20).returncode != 0
     assert service.client.post(f"/api/instances/{instance_id}/start").status_code == 200
     service.wait_state(instance_id, "ACTIVE", timeout=180)
@@ -197,7 +197,7 @@ def test_a_visa_instance_is_a_guest_users_log_in_to(
     # Delete: the guest, its disk and its seed are gone.
     token = stored(service, instance_id).seed_token
     assert seed_status(service, token) == 200
-    disk = cluster.sim.guests.backend.workdir / "guests" / instance_id
+    disk = cluster.sim.simulator.guests.backend.workdir / "guests" / instance_id
     assert disk.exists()
     assert service.client.delete(f"/api/instances/{instance_id}").status_code == 200
     wait_for(
@@ -205,7 +205,7 @@ def test_a_visa_instance_is_a_guest_users_log_in_to(
         timeout=120,
         what="the instance to be gone",
     )
-    assert int(instance_id) not in cluster.sim.guests.backend.vmids()
+    assert int(instance_id) not in cluster.sim.simulator.guests.backend.vmids()
     assert not disk.exists()
     assert seed_status(service, token) == 404
 
@@ -306,7 +306,7 @@ def test_ten_concurrent_creates_all_accept_ssh(
             timeout=180,
             what="the instances to be gone",
         )
-    assert cluster.sim.guests.backend.vmids() == []
+    assert cluster.sim.simulator.guests.backend.vmids() == []
 
 
 def test_the_discovery_inventory_reaches_the_guests_the_service_made(
@@ -379,7 +379,7 @@ def test_create_yml_by_hand_with_a_proxmox_cloud_init_drive_gives_a_guest_to_log
     assert "NoCloud" in ssh.check("cloud-init status --wait --long || true")
     deleted = playbook("delete.yml")
     assert deleted.returncode == 0, deleted.stdout[-3000:]
-    assert 4243 not in cluster.sim.guests.backend.vmids()
+    assert 4243 not in cluster.sim.simulator.guests.backend.vmids()
 
 
 def guest_address_on(cluster: Any, node: str, vmid: int) -> str | None:
@@ -389,8 +389,8 @@ def guest_address_on(cluster: Any, node: str, vmid: int) -> str | None:
 CRASHING = """
 import sys, time
 from pathlib import Path
-from guests.backend import GuestBackend
-from guests.spec import GuestSpec
+from simulator.guests.backend import GuestBackend
+from simulator.guests.spec import GuestSpec
 backend = GuestBackend("container", Path(sys.argv[1])).open(["debian-12"])
 backend.start(4321, "debian-12", GuestSpec(serial=None, uuid=None, mac="bc:24:11:00:43:21", disk_bytes=1 << 30))
 print(backend.network.index, flush=True)
@@ -400,7 +400,7 @@ time.sleep(600)
 
 def test_what_a_crashed_simulator_left_is_removed_by_the_next_one(tmp_path: Path) -> None:
     require_real_guests("container")
-    from guests.network import GuestNetwork
+    from simulator.guests.network import GuestNetwork
 
     crashed = tmp_path / "crashed"
     process = subprocess.Popen(

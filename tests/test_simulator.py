@@ -1,4 +1,4 @@
-"""The Proxmox simulator (engine.simulator): seeding, resize, task list, durations, boot sidecar and cloud-init."""
+"""The Proxmox simulator (simulator): seeding, resize, task list, durations, boot sidecar and cloud-init."""
 
 from __future__ import annotations
 
@@ -24,20 +24,11 @@ import pytest
 from proxmoxer import ProxmoxAPI
 from proxmoxer.core import ResourceException
 
-from engine.simulator import (
-    TOKEN_ID,
-    CloudInitRun,
-    ClusterSimulator,
-    SimulatorHandle,
-    agent_enabled,
-    cloud_config,
-    format_size,
-    guest_ipv4,
-    parse_seed,
-    resized,
-    seed_cluster,
-    start_simulator,
-)
+from simulator import SimulatorHandle, guest_ipv4, seed_cluster, start_simulator
+from simulator.cloudinit import CloudInitRun, cloud_config, parse_seed
+from simulator.cluster import ClusterSimulator
+from simulator.properties import agent_enabled, format_size, resized
+from simulator.serve import TOKEN_ID
 from tests.conftest import wait_for as conftest_wait_for
 
 GIB = 1024**3
@@ -569,7 +560,7 @@ def test_reboot_takes_the_agent_away_until_the_guest_is_up_again(serve: Serve) -
 def test_cli_serves_until_sigterm_and_keeps_the_secret_off_stdout(tmp_path: Path) -> None:
     state = tmp_path / "state"
     process = subprocess.Popen(
-        [sys.executable, "-m", "engine.simulator", "--state-dir", str(state), "--port", "0", "--time-scale", "0"],
+        [sys.executable, "-m", "simulator", "--state-dir", str(state), "--port", "0", "--time-scale", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -239,7 +239,7 @@ def test_write_private_tightens_an_existing_file(tmp_path: Path):
     import os
     import stat
 
-    from engine.files import write_private
+    from common.files import write_private
 
     path = tmp_path / "secret"
     path.write_text("old", encoding="utf-8")

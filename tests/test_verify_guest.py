@@ -48,7 +48,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, KeyPair]:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     require_real_guests("container")
-    from engine.simulator import start_simulator
+    from simulator import start_simulator
 
     handle = start_simulator(tmp_path_factory.mktemp("simulator"), time_scale=0, guests="container")
     yield handle

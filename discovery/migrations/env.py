@@ -1,4 +1,4 @@
-"""Alembic environment of the registry: runs on the connection handed over by engine.db.migrate."""
+"""Alembic environment of the registry: runs on the connection handed over by common.db.migrate."""
 
 from alembic import context
 

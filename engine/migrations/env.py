@@ -1,4 +1,4 @@
-"""Alembic environment: runs on the connection handed over by engine.db.migrate."""
+"""Alembic environment: runs on the connection handed over by common.db.migrate."""
 
 from alembic import context
 

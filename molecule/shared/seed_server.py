@@ -28,8 +28,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl
 
+from common.files import write_private
 from engine import cloudinit
-from engine.files import write_private
 
 PATH = re.compile(r"^/seed/(?P<token>[A-Za-z0-9_-]{20,128})/(?P<document>[a-z-]+)$")
 RENDERERS = {

@@ -19,9 +19,9 @@ from typing import Any
 
 from fakepve import FakeVm, TaskError
 
-from guests.backend import GuestBackend
-from guests.forward import Forwarder
-from guests.spec import GuestSpec
+from simulator.guests.backend import GuestBackend
+from simulator.guests.forward import Forwarder
+from simulator.guests.spec import GuestSpec
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
   (``disk/upper``): it survives stop, start and reboot, and `destroy()` removes it.
 * Seed: cloud-init does not read DMI inside a container; it reads the kernel command line of the container's
   init, ``/proc/1/cmdline``. The SMBIOS serial Proxmox would give a VM is passed there, as the init's one argument.
-  A Proxmox cloud-init drive, which a container cannot mount, is its NoCloud seed directory (guests.cidrive).
+  A Proxmox cloud-init drive, which a container cannot mount, is its NoCloud seed directory (simulator.guests.cidrive).
 * Network: a namespace with a veth named like the guest link, whose guest end is ``eth0`` with the VM's net0 MAC,
   the host end enslaved to the simulator's bridge; the guest takes its address by DHCP like a VM would.
 * Power: SIGTERM to nspawn is a clean poweroff of the guest, SIGKILL to the guest's init a hard stop; a guest that
@@ -21,10 +21,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from guests import cidrive, system
-from guests.images import Image
-from guests.network import GuestNetwork
-from guests.spec import GuestSpec, agent_interfaces
+from simulator.guests import cidrive, system
+from simulator.guests.images import Image
+from simulator.guests.network import GuestNetwork
+from simulator.guests.spec import GuestSpec, agent_interfaces
 
 log = logging.getLogger(__name__)
 

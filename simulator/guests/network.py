@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from guests import system
+from simulator.guests import system
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from typing import NoReturn
 import uvicorn
 from pydantic import ValidationError
 
+from common.files import write_private
 from engine.db import Database
-from engine.files import write_private
 from engine.flavours import FlavourFileError, FlavourSpec, list_flavours, read_flavour_file, upsert_flavour
 from engine.models import Flavour
 from engine.settings import REFERENCE, Settings
@@ -58,7 +58,7 @@ def _exit_with_errors(exc: ValidationError) -> NoReturn:
 
 
 def run(args: argparse.Namespace) -> None:
-    from engine.runtime import Runtime, create_app
+    from provisioner.runtime import Runtime, create_app
 
     settings = _settings(args)
     _configure_logging()
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> None:
         print(f"configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     if settings.simulated and settings.sim_guests != "none":
-        from guests.system import GuestsUnavailable, require
+        from simulator.guests.system import GuestsUnavailable, require
 
         try:
             require(settings.sim_guests)

@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-from guests import images, system
-from guests.network import GuestNetwork
-from guests.spec import GuestSpec
+from simulator.guests import images, system
+from simulator.guests.network import GuestNetwork
+from simulator.guests.spec import GuestSpec
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +108,10 @@ class GuestBackend:
     def _make(self, vmid: int, image: images.Image) -> Guest:
         workdir = self.workdir / "guests" / str(vmid)
         if self.kind == "container":
-            from guests.container import ContainerGuest
+            from simulator.guests.container import ContainerGuest
 
             return ContainerGuest(vmid, image, self.network, workdir)
-        from guests.qemu import QemuGuest
+        from simulator.guests.qemu import QemuGuest
 
         return QemuGuest(vmid, image, self.network, workdir)
 

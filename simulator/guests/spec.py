@@ -17,7 +17,7 @@ class GuestSpec:
     disk_bytes: int
     cores: int = 1
     memory_mb: int = 1024
-    # The documents of the VM's Proxmox cloud-init drive (guests.cidrive), None when it has none.
+    # The documents of the VM's Proxmox cloud-init drive (simulator.guests.cidrive), None when it has none.
     cloud_init: dict[str, str] | None = None
 
 

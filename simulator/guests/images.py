@@ -256,10 +256,10 @@ def debian_mirror() -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m guests.images [--kind container|vm|all] [NAME ...]`: build what the cache lacks."""
+    """`python -m simulator.guests.images [--kind container|vm|all] [NAME ...]`: build what the cache lacks."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m guests.images", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m simulator.guests.images", description=main.__doc__)
     parser.add_argument("names", nargs="*", default=list(IMAGE_NAMES))
     parser.add_argument("--kind", choices=("container", "vm", "all"), default="all")
     args = parser.parse_args(argv)

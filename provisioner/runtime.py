@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from api import operator, seed
+from common.files import write_private
 from discovery.client import RegistryClient
 from discovery.server import RegistryHandle, start_registry
 from discovery.settings import RegistrySettings
@@ -19,7 +20,6 @@ from discovery.signing import load_or_create_key, provider_id
 from engine.advertiser import Advertisement, Advertiser, advertisement
 from engine.capacity import building_reservations
 from engine.db import Database
-from engine.files import write_private
 from engine.flavours import seed_flavours
 from engine.jobs.executor import Executor, ExecutorConfig
 from engine.proxmox import ClusterView, ProxmoxConnection, Snapshot
@@ -146,7 +146,7 @@ class Runtime:
         return advertisement(settings, snapshot, reservations)
 
     def _start_simulator(self) -> ProxmoxConnection:
-        from engine.simulator import start_simulator
+        from simulator import start_simulator
 
         s = self.settings
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

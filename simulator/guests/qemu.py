@@ -3,7 +3,7 @@
 * Disk: a qcow2 overlay (``disk.qcow2``) on the image's raw ext4 disk, made at the first start with the VM's disk size:
   it survives stop, start and reboot, and `destroy()` removes it. The kernel boots directly (``root=/dev/vda``).
 * Seed: as on Proxmox, the VM's smbios1 serial and uuid become the SMBIOS system serial and uuid; cloud-init reads
-  them from DMI. A Proxmox cloud-init drive is its ISO (guests.cidrive), remade at every start, as a CD-ROM on
+  them from DMI. A Proxmox cloud-init drive is its ISO (simulator.guests.cidrive), remade at every start, as a CD-ROM on
   virtio-scsi: Proxmox puts it on IDE or SATA, which Debian's cloud kernel cannot drive.
 * Network: a tap named like the guest link, enslaved to the simulator's bridge; the NIC (virtio) has the VM's net0
   MAC and takes its address by DHCP. The tap is removed when the guest stops.
@@ -28,10 +28,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from guests import cidrive, system
-from guests.images import Image
-from guests.network import GuestNetwork
-from guests.spec import GuestSpec
+from simulator.guests import cidrive, system
+from simulator.guests.images import Image
+from simulator.guests.network import GuestNetwork
+from simulator.guests.spec import GuestSpec
 
 log = logging.getLogger(__name__)
 
