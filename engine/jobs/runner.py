@@ -26,9 +26,9 @@ from engine.jobs.redact import Redactor
 
 log = logging.getLogger(__name__)
 
-ADDRESS_TASK = "Record the guest address"
-# The fact that task sets: proxmox_vm's in create.yml, proxmox_vm_power's in start.yml and reboot.yml.
-ADDRESS_FACTS = ("proxmox_vm_address", "proxmox_vm_power_address")
+# The module whose result carries the guest's address (`address`, when it waited for one): proxmox_vm's call in
+# create.yml, proxmox_vm_power's in start.yml and reboot.yml. Read from its result, whatever the task is named.
+VM_MODULE = "provisioner.proxmox.vm"
 ADDRESS = "address"
 STDOUT_LIMIT = 4000
 FAILED_EVENTS = ("runner_on_failed", "runner_on_unreachable", "runner_item_on_failed")
@@ -169,11 +169,9 @@ class PlaybookRun:
             outcome.seen = True
             if res.get("changed"):
                 outcome.changed = True
-            if name == "runner_on_ok" and data.get("task") == ADDRESS_TASK:
-                facts = res.get("ansible_facts") or {}
-                address = next((facts[key] for key in ADDRESS_FACTS if facts.get(key)), None)
-                if address:
-                    outcome.facts[ADDRESS] = str(address)
+            if name == "runner_on_ok" and VM_MODULE in (data.get("resolved_action"), data.get("task_action")):
+                if res.get(ADDRESS):
+                    outcome.facts[ADDRESS] = str(res[ADDRESS])
             if name in FAILED_EVENTS and not data.get("ignore_errors"):
                 outcome.ok = False
                 outcome.failed_task = data.get("task")
