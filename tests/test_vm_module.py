@@ -325,6 +325,16 @@ class TestAgainstTheSimulator:
         ]
         assert simulator.sim.vm(4616).status == "running"
 
+    def test_a_power_or_firewall_call_changes_only_what_it_was_given(self, simulator: Any):
+        run_module(simulator, vmid=4619, **SPEC)
+        simulator.sim.vm(4619).config["agent"] = "0"  # an operator turned the agent off
+        before = len(simulator.sim.requests)
+        stopped, _ = run_module(simulator, vmid=4619, state="stopped", force=True)
+        grouped, _ = run_module(simulator, vmid=4619, state="stopped", firewall_groups=["default"])
+        assert stopped["changes"] == ["stop"] and grouped["changes"] == ["add firewall groups default"]
+        assert ("PUT", "/api2/json/nodes/pve2/qemu/4619/config") not in mutations_since(simulator, before)
+        assert simulator.sim.vm(4619).config["agent"] == "0"
+
     def test_absent_stops_then_deletes_once_and_never_touches_a_template(self, simulator: Any):
         run_module(simulator, vmid=4617, **SPEC)
         before = len(simulator.sim.requests)

@@ -81,9 +81,10 @@ options:
     description: Description (notes) of the VM, compared without surrounding spaces. Unset or empty leaves it alone.
     type: str
   agent:
-    description: Turn the QEMU guest agent option on when it is off (other agent options are kept).
+    description:
+      - C(true) turns the QEMU guest agent option on when it is off (other agent options are kept). Unset (or
+        C(false)) leaves the option alone, so a power, firewall or delete call never changes it.
     type: bool
-    default: true
   cloud_init_seed_url:
     description:
       - NoCloud seed URL (http or https, ending in C(/)), written to the SMBIOS serial. Unset leaves smbios1 alone.
@@ -851,7 +852,7 @@ def main():
             disk_gb={"type": "int"},
             tags={"type": "list", "elements": "str"},
             description={"type": "str"},
-            agent={"type": "bool", "default": True},
+            agent={"type": "bool"},
             cloud_init_seed_url={"type": "str", "no_log": True},
             cloud_init_datasource={"type": "str", "default": "nocloud-net", "choices": ["nocloud-net", "nocloud"]},
             remove_cloud_init_drives={"type": "bool"},
