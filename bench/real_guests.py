@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> None:
         with ThreadPoolExecutor(args.creates) as pool:
             burst = list(pool.map(lambda n: timed_create(live, work, key, f"VISA-INSTANCE-B{n}"), range(args.creates)))
         all_ready = time.monotonic() - started
-        backend = cluster.sim.simulator.guests.backend
+        backend = cluster.sim.guests.backend
         memory = [backend.memory_bytes(int(b["id"])) / MIB for b in burst]
         print(
             f"container, {args.creates} concurrent: all SSH-ready in {all_ready:.1f} s "
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> None:
         )
         try:
             vm = timed_create(live, work, key, "VISA-INSTANCE-QEMU")
-            rss = cluster.sim.simulator.guests.backend.memory_bytes(int(vm["id"])) / MIB
+            rss = cluster.sim.guests.backend.memory_bytes(int(vm["id"])) / MIB
             print(
                 f"QEMU (TCG), one guest: POST → ACTIVE {vm['active_s']:.1f} s, POST → SSH {vm['ssh_s']:.1f} s "
                 f"({vm['ssh_s'] / single:.1f} x a container); QEMU RSS {rss:.0f} MiB"

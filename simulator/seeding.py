@@ -65,7 +65,7 @@ def seed_cluster(sim: ClusterSimulator) -> None:
         if sim.vm(spec.vmid) is None:
             _add_template(sim, spec)
         if sim.guests is not None and spec.image:
-            sim.simulator.guests.images[spec.vmid] = spec.image
+            sim.guests.images[spec.vmid] = spec.image
     groups = sim.firewall_config("cluster")
     for name, (comment, rules) in SECURITY_GROUPS.items():
         if name not in groups["groups"]:

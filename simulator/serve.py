@@ -65,7 +65,7 @@ class SimulatorHandle:
     @property
     def guest_gateway(self) -> str | None:
         """With real guests: the simulator's address on the guest network; None with the emulated boot."""
-        return self.sim.simulator.guests.backend.gateway if self.sim.guests is not None else None
+        return self.sim.guests.backend.gateway if self.sim.guests is not None else None
 
     def expose(self, port: int, target_host: str, target_port: int) -> str:
         """Make a host service reachable from real guests at <gateway>:port; returns that address as host:port."""
@@ -90,7 +90,7 @@ class SimulatorHandle:
             if not self._thread.is_alive():
                 self._loop.close()
             if self.sim.guests is not None:
-                self.sim.simulator.guests.backend.close()
+                self.sim.guests.backend.close()
 
     def __enter__(self) -> SimulatorHandle:
         return self
@@ -156,7 +156,7 @@ def start_simulator(
         handle = SimulatorHandle(sim, certfile, secret, str(token_file))
     except BaseException:
         if sim.guests is not None:
-            sim.simulator.guests.backend.close()
+            sim.guests.backend.close()
         raise
     try:
         handle.call(sim.start(certfile, keyfile))

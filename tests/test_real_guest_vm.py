@@ -35,7 +35,7 @@ def vm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
     state = tmp_path_factory.mktemp("simulator")
     handle = start_simulator(state, time_scale=0, guests="vm", guest_images=["debian-12"])
-    index = handle.sim.simulator.guests.backend.network.index
+    index = handle.sim.guests.backend.network.index
     yield handle
     handle.stop()
     assert leftovers(index, state) == []
@@ -77,7 +77,7 @@ def test_a_qemu_guest_takes_its_seed_from_the_smbios_serial_and_reports_through_
 
         assert live.client.delete(f"/api/instances/{instance_id}").status_code == 200
         wait_for(lambda: live.client.get(f"/api/instances/{instance_id}").status_code == 404, timeout=180)
-        assert int(instance_id) not in vm_cluster.sim.simulator.guests.backend.vmids()
+        assert int(instance_id) not in vm_cluster.sim.guests.backend.vmids()
         assert stored(live, instance_id).lifecycle == "deleted"
     finally:
         live.stop()

@@ -50,7 +50,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
     state = tmp_path_factory.mktemp("simulator")
     handle = start_simulator(state, time_scale=0, guests="container")
-    index = handle.sim.simulator.guests.backend.network.index
+    index = handle.sim.guests.backend.network.index
     yield handle
     handle.stop()
     assert leftovers(index, state) == []
@@ -148,7 +148,7 @@ def test_a_visa_instance_is_a_guest_users_log_in_to(
     assert service.instance(instance_id)["state"] == "BUILDING"
     active = service.wait_state(instance_id, "ACTIVE", timeout=240)
     assert active["address"].startswith(GUEST_NETWORK_PREFIX), active
-    leases = (cluster.sim.simulator.guests.backend.network.workdir / "dnsmasq.leases").read_text()
+    leases = (cluster.sim.guests.backend.network.workdir / "dnsmasq.leases").read_text()
     assert f" {active['address']} " in leases, "the address must be the one the DHCP server leased"
 
     site = login(service, tmp_path, instance_id, keys["site"])
@@ -182,7 +182,7 @@ def test_a_visa_instance_is_a_guest_users_log_in_to(
     # Shutdown is the guest's own clean poweroff; start boots it again on the same disk.
     assert service.client.post(f"/api/instances/{instance_id}/shutdown").status_code == 200
     service.wait_state(instance_id, "STOPPED", timeout=120)
-    assert not cluster.sim.simulator.guests.backend.running(int(instance_id))
+    assert not cluster.sim.guests.backend.running(int(instance_id))
     assert site.run("true", timeout=20).returncode != 0
     assert service.client.post(f"/api/instances/{instance_id}/start").status_code == 200
     service.wait_state(instance_id, "ACTIVE", timeout=180)
@@ -197,7 +197,7 @@ def test_a_visa_instance_is_a_guest_users_log_in_to(
     # Delete: the guest, its disk and its seed are gone.
     token = stored(service, instance_id).seed_token
     assert seed_status(service, token) == 200
-    disk = cluster.sim.simulator.guests.backend.workdir / "guests" / instance_id
+    disk = cluster.sim.guests.backend.workdir / "guests" / instance_id
     assert disk.exists()
     assert service.client.delete(f"/api/instances/{instance_id}").status_code == 200
     wait_for(
@@ -205,7 +205,7 @@ def test_a_visa_instance_is_a_guest_users_log_in_to(
         timeout=120,
         what="the instance to be gone",
     )
-    assert int(instance_id) not in cluster.sim.simulator.guests.backend.vmids()
+    assert int(instance_id) not in cluster.sim.guests.backend.vmids()
     assert not disk.exists()
     assert seed_status(service, token) == 404
 
@@ -306,7 +306,7 @@ def test_ten_concurrent_creates_all_accept_ssh(
             timeout=180,
             what="the instances to be gone",
         )
-    assert cluster.sim.simulator.guests.backend.vmids() == []
+    assert cluster.sim.guests.backend.vmids() == []
 
 
 def test_the_discovery_inventory_reaches_the_guests_the_service_made(
@@ -379,7 +379,7 @@ def test_create_yml_by_hand_with_a_proxmox_cloud_init_drive_gives_a_guest_to_log
     assert "NoCloud" in ssh.check("cloud-init status --wait --long || true")
     deleted = playbook("delete.yml")
     assert deleted.returncode == 0, deleted.stdout[-3000:]
-    assert 4243 not in cluster.sim.simulator.guests.backend.vmids()
+    assert 4243 not in cluster.sim.guests.backend.vmids()
 
 
 def guest_address_on(cluster: Any, node: str, vmid: int) -> str | None:

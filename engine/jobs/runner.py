@@ -169,9 +169,9 @@ class PlaybookRun:
             outcome.seen = True
             if res.get("changed"):
                 outcome.changed = True
-            if name == "runner_on_ok" and VM_MODULE in (data.get("resolved_action"), data.get("task_action")):
-                if res.get(ADDRESS):
-                    outcome.facts[ADDRESS] = str(res[ADDRESS])
+            from_vm_module = VM_MODULE in (data.get("resolved_action"), data.get("task_action"))
+            if name == "runner_on_ok" and from_vm_module and res.get(ADDRESS):
+                outcome.facts[ADDRESS] = str(res[ADDRESS])
             if name in FAILED_EVENTS and not data.get("ignore_errors"):
                 outcome.ok = False
                 outcome.failed_task = data.get("task")
