@@ -125,8 +125,7 @@ def get_job_events(
 @router.post("/jobs/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
 def cancel_job(job_id: str, service: ProvisionerDep) -> JobOut:
     """Cancel: a pending job at once; a running one with its playbook run (once every job in the run asked)."""
-    assert service.executor is not None
-    job = service.executor.cancel(job_id)
+    job = service.cancel(job_id)
     if job is None:
         raise NotFound(f"job {job_id!r} does not exist")
     return job_out(job)

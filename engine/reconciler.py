@@ -16,10 +16,10 @@ import threading
 from sqlalchemy import select
 
 from engine.db import Database
+from engine.jobs.kinds import MANAGED_TAG
 from engine.models import Instance, Job, JobState, Lifecycle, utcnow
 from engine.naming import vm_name
 from engine.proxmox import ClusterView, Snapshot
-from engine.service import MANAGED_TAG
 
 log = logging.getLogger(__name__)
 

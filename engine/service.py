@@ -22,7 +22,6 @@ from engine.errors import BackendUnavailable, Conflict, NotFound
 from engine.flavours import list_flavours
 from engine.intake import CreateIntake, CreateRequest, check_security_groups
 from engine.jobs.executor import Executor
-from engine.jobs.runner import ADDRESS, HostOutcome
 from engine.models import Flavour, Instance, Job, JobKind, JobState, Lifecycle, utcnow
 from engine.naming import as_vmid, hostname
 from engine.proxmox import ClusterView, ProxmoxUnavailable, Snapshot
@@ -30,9 +29,6 @@ from engine.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MANAGED_TAG = "provisioner"
-# The discovery registry group every VISA instance is registered in (create.yml registers it once ACTIVE).
-DISCOVERY_GROUP = "visa"
 POWER_JOBS = (JobKind.START, JobKind.SHUTDOWN, JobKind.STOP, JobKind.REBOOT)
 
 
@@ -51,13 +47,15 @@ class InstanceView:
 
 
 class Provisioner:
-    def __init__(self, settings: Settings, db: Database, cluster: ClusterView, site_keys: list[str]) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, cluster: ClusterView, site_keys: list[str], executor: Executor
+    ) -> None:
         self.settings = settings
         self.db = db
         self.cluster = cluster
         self.site_keys = site_keys
-        self.executor: Executor | None = None
-        self.intake = CreateIntake(settings, db, cluster, site_keys, on_committed=self._notify)
+        self.executor = executor  # runs the jobs this service records; told when there are new ones
+        self.intake = CreateIntake(settings, db, cluster, site_keys, on_committed=executor.notify)
 
     def start(self) -> None:
         self.intake.start()
@@ -173,7 +171,7 @@ class Provisioner:
                 job.state, job.error, job.finished_at = JobState.CANCELED, "superseded by delete", utcnow()
             instance.lifecycle = Lifecycle.DELETING
             job = self._enqueue(session, instance, JobKind.DELETE, {}, max_attempts=5)
-        self._notify()
+        self.executor.notify()
         return job
 
     def power(self, instance_id: str, kind: JobKind) -> Job:
@@ -183,7 +181,7 @@ class Provisioner:
             if instance.lifecycle == Lifecycle.BUILDING:
                 raise Conflict(f"instance {instance_id} is still being built")
             job = self._enqueue(session, instance, kind, {})
-        self._notify()
+        self.executor.notify()
         return job
 
     def add_security_group(self, instance_id: str, group: str) -> Job | None:
@@ -203,7 +201,7 @@ class Provisioner:
             instance.security_groups = wanted
             # Queued behind a create that may already be running with the old list; idempotent either way.
             job = self._enqueue(session, instance, JobKind.FIREWALL, {"add": add, "remove": remove})
-        self._notify()
+        self.executor.notify()
         return job
 
     # ---------------------------------------------------------- seed server
@@ -236,61 +234,9 @@ class Provisioner:
             if host_key and host_key.strip():
                 instance.host_key = host_key.strip()[:1000]
 
-    # -------------------------------------------------------- job plumbing
-
-    def hostvars(self, session: Session, job: Job, instance: Instance) -> dict[str, Any]:
-        """The per-VM variables of docs/contract.md §2 for this job."""
-        base: dict[str, Any] = {"vm_vmid": instance.id, "vm_name": instance.vm_name, "vm_node": instance.node}
-        kind = JobKind(job.kind)
-        if kind is JobKind.CREATE:
-            storage = self.settings.vm_storage
-            base |= {
-                "vm_template_vmid": int(job.params["template"]),
-                "vm_template_node": job.params["template_node"],
-                "vm_full_clone": bool(job.params["full_clone"]),
-                "vm_cores": instance.cores,
-                "vm_memory_mb": instance.memory_mb,
-                "vm_disk_gb": instance.disk_gb,
-                "vm_tags": [MANAGED_TAG],
-                "vm_description": f"managed-by={MANAGED_TAG} instance={instance.id}",
-                "vm_seed_url": f"{self.settings.seed_base_url}{instance.seed_token}/",
-                "vm_firewall_groups": list(instance.security_groups),
-                "vm_wait_for_address": True,
-                "vm_address_timeout": self.settings.address_timeout_s,
-                "vm_start_retries": self.settings.max_start_retry,
-                "vm_discovery_groups": [DISCOVERY_GROUP],
-            }
-            if storage and job.params["full_clone"]:
-                base["vm_storage"] = storage
-        elif kind is JobKind.FIREWALL:
-            base |= {
-                "vm_firewall_groups_add": job.params.get("add", []),
-                "vm_firewall_groups_remove": job.params.get("remove", []),
-            }
-        elif kind in (JobKind.START, JobKind.REBOOT):
-            base |= {"vm_wait_for_address": True, "vm_address_timeout": self.settings.address_timeout_s}
-        elif kind in (JobKind.SHUTDOWN, JobKind.STOP, JobKind.DELETE):
-            base["vm_force_stop"] = kind is not JobKind.SHUTDOWN
-        return base
-
-    def on_outcome(self, session: Session, job: Job, instance: Instance, outcome: HostOutcome) -> None:
-        """Apply a finished job's result to its instance."""
-        address = outcome.facts.get(ADDRESS)
-        if address:
-            instance.address = address
-        kind = JobKind(job.kind)
-        if kind is JobKind.CREATE:
-            if outcome.ok:
-                instance.lifecycle = Lifecycle.PROVISIONED
-            elif instance.lifecycle == Lifecycle.BUILDING:
-                instance.lifecycle = Lifecycle.ERROR
-                instance.fault_message = "instance creation failed"
-                instance.fault_details = outcome.error or job.error or "unknown error"
-                instance.fault_at = utcnow()
-        elif kind is JobKind.DELETE and outcome.ok:
-            instance.lifecycle = Lifecycle.DELETED
-            instance.deleted_at = utcnow()
-            instance.address = None
+    def cancel(self, job_id: str) -> Job | None:
+        """Cancel a job: a pending one at once, a running one with its playbook run; None if there is no such job."""
+        return self.executor.cancel(job_id)
 
     # ------------------------------------------------------------- helpers
 
@@ -307,10 +253,6 @@ class Provisioner:
         )
         session.add(job)
         return job
-
-    def _notify(self) -> None:
-        if self.executor is not None:
-            self.executor.notify()
 
     def _live_instance(self, session: Session, instance_id: str) -> Instance:
         return self._instance(session, instance_id, allow_deleting=False)

@@ -67,7 +67,6 @@ class Runtime:
                 self._start_simulator() if settings.simulated else ProxmoxConnection.from_settings(settings)
             )
         self.cluster = ClusterView(self.connection, settings.refresh_interval_s, settings.stale_after_s)
-        self.provisioner = Provisioner(settings, self.db, self.cluster, self.keys)
         discovery_env = self._start_discovery(self.cluster) if settings.discovery_enabled else {}
         self.executor = Executor(
             self.db,
@@ -83,11 +82,10 @@ class Runtime:
             ),
             env=self.connection.ansible_env() | discovery_env,
             secrets=[self.connection.secret],
-            hostvars=self.provisioner.hostvars,
-            on_outcome=self.provisioner.on_outcome,
+            settings=settings,
             after_run=self.cluster.poke,
         )
-        self.provisioner.executor = self.executor
+        self.provisioner = Provisioner(settings, self.db, self.cluster, self.keys, self.executor)
         self.provisioner.start()
         try:
             self.cluster.start()

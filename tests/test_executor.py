@@ -12,6 +12,7 @@ import pytest
 from engine.db import Database
 from engine.jobs.executor import Executor, ExecutorConfig
 from engine.models import Instance, Job, JobKind, JobState, Lifecycle, utcnow
+from engine.settings import Settings
 
 
 @pytest.fixture
@@ -33,18 +34,8 @@ def make_executor(
         job_timeout_s=60,
         keep_runs=5,
     )
-    outcomes: list[tuple[str, bool]] = []
-    executor = Executor(
-        db,
-        config,
-        env={},
-        secrets=[],
-        hostvars=lambda *_: {},
-        on_outcome=lambda _s, job, _i, outcome: outcomes.append((job.id, outcome.ok)),
-        after_run=lambda: None,
-    )
-    executor.outcomes = outcomes  # type: ignore[attr-defined]
-    return executor
+    settings = Settings(insecure_no_auth=True, state_dir=tmp_path)  # type: ignore[call-arg]
+    return Executor(db, config, env={}, secrets=[], settings=settings, after_run=lambda: None)
 
 
 def add_instance(db: Database, vmid: int) -> None:
@@ -141,7 +132,9 @@ def test_cancel_of_a_pending_job_is_immediate(db: Database, tmp_path: Path):
     executor = make_executor(db, tmp_path)
     job = executor.cancel(job_id)
     assert job is not None and job.state == JobState.CANCELED
-    assert executor.outcomes == [(job_id, False)]  # type: ignore[attr-defined]
+    with db.session() as session:  # a create canceled before it ran: the instance failed, with the reason
+        instance = session.get(Instance, 1)
+        assert instance.lifecycle == Lifecycle.ERROR and instance.fault_details == "canceled before it ran"
     assert executor.cancel("no-such-job") is None
 
 

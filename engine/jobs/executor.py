@@ -25,24 +25,15 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from engine.db import Database
+from engine.jobs.kinds import KINDS, apply_outcome, host_variables
 from engine.jobs.redact import Redactor
 from engine.jobs.runner import ADDRESS, EventRecord, HostOutcome, PlaybookRun, RunOutcome
 from engine.metrics import BATCH_SIZE, JOBS_FINISHED, RUN_SECONDS
 from engine.models import Instance, Job, JobEvent, JobKind, JobState, utcnow
+from engine.settings import Settings
 
 log = logging.getLogger(__name__)
 
-PLAYBOOKS = {
-    JobKind.CREATE: "create.yml",
-    JobKind.DELETE: "delete.yml",
-    JobKind.START: "start.yml",
-    JobKind.SHUTDOWN: "stop.yml",
-    JobKind.STOP: "stop.yml",
-    JobKind.REBOOT: "reboot.yml",
-    JobKind.FIREWALL: "firewall.yml",
-}
-# Jobs a restart may run again from the start (idempotent); a reboot would reboot twice.
-REQUEUE_AFTER_CRASH = {k for k in JobKind if k is not JobKind.REBOOT}
 RETRY_BACKOFF_S = 30
 
 
@@ -62,10 +53,6 @@ class ExecutorConfig:
     nice: int = 10  # playbook processes yield the CPU to the API and the seed server
 
 
-HostVarsBuilder = Callable[[Session, Job, Instance], dict[str, Any]]
-OutcomeHook = Callable[[Session, Job, Instance, HostOutcome], None]
-
-
 class Executor:
     def __init__(
         self,
@@ -73,16 +60,14 @@ class Executor:
         config: ExecutorConfig,
         env: dict[str, str],
         secrets: list[str],
-        hostvars: HostVarsBuilder,
-        on_outcome: OutcomeHook,
+        settings: Settings,
         after_run: Callable[[], None],
     ) -> None:
         self._db = db
         self._config = config
         self._env = env
         self._secrets = secrets
-        self._hostvars = hostvars
-        self._on_outcome = on_outcome
+        self._settings = settings  # what the job kinds' variables are made of (engine/jobs/kinds.py)
         self._after_run = after_run
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -121,7 +106,7 @@ class Executor:
             stale = list(session.scalars(select(Job).where(Job.state == JobState.RUNNING)))
             for job in stale:
                 job.run_id = None
-                if job.kind in REQUEUE_AFTER_CRASH:
+                if KINDS[JobKind(job.kind)].rerun_after_crash:
                     job.state = JobState.PENDING
                 else:
                     job.state = JobState.FAILED
@@ -143,7 +128,7 @@ class Executor:
                 job.error = "canceled before it ran"
                 instance = session.get(Instance, job.instance_id)
                 if instance is not None:
-                    self._on_outcome(session, job, instance, HostOutcome(ok=False, error=job.error))
+                    apply_outcome(job, instance, HostOutcome(ok=False, error=job.error))
             elif job.state == JobState.RUNNING:
                 job.cancel_requested = True
                 session.flush()
@@ -253,7 +238,7 @@ class Executor:
             for job in jobs:
                 instance = session.get(Instance, job.instance_id)
                 assert instance is not None
-                hostvars[host_name(instance.id)] = self._hostvars(session, job, instance)
+                hostvars[host_name(instance.id)] = host_variables(self._settings, job, instance)
                 secrets.append(instance.seed_token)
             host_jobs = {host_name(job.instance_id): job.id for job in jobs}
         cancel = threading.Event()
@@ -265,7 +250,7 @@ class Executor:
             ansible_dir=self._config.ansible_dir,
             runs_dir=self._config.runs_dir,
             run_id=run_id,
-            playbook=PLAYBOOKS[kind],
+            playbook=KINDS[kind].playbook,
             hostvars=hostvars,
             env=self._env,
             redactor=Redactor(secrets),
@@ -273,7 +258,7 @@ class Executor:
             sink=lambda records: self._store_events(host_jobs, records),
         )
         BATCH_SIZE.observe(len(hostvars))
-        with RUN_SECONDS.labels(PLAYBOOKS[kind]).time():
+        with RUN_SECONDS.labels(KINDS[kind].playbook).time():
             outcome = run.execute(cancel)
         log.info("run %s finished: %s", run_id, outcome.status)
         self._finish_all(job_ids, outcome)
@@ -341,7 +326,7 @@ class Executor:
             job.result["failed_task"] = host.failed_task
         JOBS_FINISHED.labels(job.kind, job.state).inc()
         if instance is not None:
-            self._on_outcome(session, job, instance, host)
+            apply_outcome(job, instance, host)
 
     def _prune_runs(self) -> None:
         runs = sorted((p for p in self._config.runs_dir.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)

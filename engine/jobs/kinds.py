@@ -1,0 +1,115 @@
+"""The job kinds, in one table: for each, the playbook it runs, the variables it sends per VM and what its outcome
+does to the instance. The service only records intents (a job row of a kind); the executor runs kinds with this.
+
+The variables are docs/contract.md §2's; every kind sends the VM's identity (`vm_vmid`, `vm_name`, `vm_node`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from engine.jobs.runner import ADDRESS, HostOutcome
+from engine.models import Instance, Job, JobKind, Lifecycle, utcnow
+from engine.settings import Settings
+
+# The tag every VM this provider creates carries (Proxmox tags and description), and the discovery registry group
+# every VISA instance is registered in once it has its address.
+MANAGED_TAG = "provisioner"
+DISCOVERY_GROUP = "visa"
+
+Variables = Callable[[Settings, Job, Instance], dict[str, Any]]
+Finish = Callable[[Job, Instance, HostOutcome], None]
+
+
+@dataclass(frozen=True)
+class Kind:
+    playbook: str
+    variables: Variables
+    finish: Finish
+    # Run again from the start after a crash of the service (the playbook is idempotent)? A reboot is not.
+    rerun_after_crash: bool = True
+
+
+def _create_variables(settings: Settings, job: Job, instance: Instance) -> dict[str, Any]:
+    variables: dict[str, Any] = {
+        "vm_template_vmid": int(job.params["template"]),
+        "vm_template_node": job.params["template_node"],
+        "vm_full_clone": bool(job.params["full_clone"]),
+        "vm_cores": instance.cores,
+        "vm_memory_mb": instance.memory_mb,
+        "vm_disk_gb": instance.disk_gb,
+        "vm_tags": [MANAGED_TAG],
+        "vm_description": f"managed-by={MANAGED_TAG} instance={instance.id}",
+        "vm_seed_url": f"{settings.seed_base_url}{instance.seed_token}/",
+        "vm_firewall_groups": list(instance.security_groups),
+        "vm_wait_for_address": True,
+        "vm_address_timeout": settings.address_timeout_s,
+        "vm_start_retries": settings.max_start_retry,
+        "vm_discovery_groups": [DISCOVERY_GROUP],
+    }
+    if settings.vm_storage and job.params["full_clone"]:
+        variables["vm_storage"] = settings.vm_storage
+    return variables
+
+
+def _firewall_variables(_settings: Settings, job: Job, _instance: Instance) -> dict[str, Any]:
+    return {
+        "vm_firewall_groups_add": job.params.get("add", []),
+        "vm_firewall_groups_remove": job.params.get("remove", []),
+    }
+
+
+def _address_variables(settings: Settings, _job: Job, _instance: Instance) -> dict[str, Any]:
+    return {"vm_wait_for_address": True, "vm_address_timeout": settings.address_timeout_s}
+
+
+def _stop_variables(force: bool) -> Variables:
+    return lambda _settings, _job, _instance: {"vm_force_stop": force}
+
+
+def _created(job: Job, instance: Instance, outcome: HostOutcome) -> None:
+    if outcome.ok:
+        instance.lifecycle = Lifecycle.PROVISIONED
+    elif instance.lifecycle == Lifecycle.BUILDING:
+        instance.lifecycle = Lifecycle.ERROR
+        instance.fault_message = "instance creation failed"
+        instance.fault_details = outcome.error or job.error or "unknown error"
+        instance.fault_at = utcnow()
+
+
+def _deleted(_job: Job, instance: Instance, outcome: HostOutcome) -> None:
+    if outcome.ok:
+        instance.lifecycle = Lifecycle.DELETED
+        instance.deleted_at = utcnow()
+        instance.address = None
+
+
+def _unchanged(_job: Job, _instance: Instance, _outcome: HostOutcome) -> None:
+    """The power and firewall kinds change nothing but the address (taken for every kind)."""
+
+
+KINDS: dict[JobKind, Kind] = {
+    JobKind.CREATE: Kind("create.yml", _create_variables, _created),
+    JobKind.DELETE: Kind("delete.yml", _stop_variables(force=True), _deleted),
+    JobKind.START: Kind("start.yml", _address_variables, _unchanged),
+    JobKind.SHUTDOWN: Kind("stop.yml", _stop_variables(force=False), _unchanged),
+    JobKind.STOP: Kind("stop.yml", _stop_variables(force=True), _unchanged),
+    JobKind.REBOOT: Kind("reboot.yml", _address_variables, _unchanged, rerun_after_crash=False),
+    JobKind.FIREWALL: Kind("firewall.yml", _firewall_variables, _unchanged),
+}
+
+
+def host_variables(settings: Settings, job: Job, instance: Instance) -> dict[str, Any]:
+    """The per-VM variables of docs/contract.md §2 for this job."""
+    identity = {"vm_vmid": instance.id, "vm_name": instance.vm_name, "vm_node": instance.node}
+    return identity | KINDS[JobKind(job.kind)].variables(settings, job, instance)
+
+
+def apply_outcome(job: Job, instance: Instance, outcome: HostOutcome) -> None:
+    """What a finished job's result does to its instance: the address it reported, then its kind's effect."""
+    address = outcome.facts.get(ADDRESS)
+    if address:
+        instance.address = address
+    KINDS[JobKind(job.kind)].finish(job, instance, outcome)

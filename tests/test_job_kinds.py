@@ -1,0 +1,106 @@
+"""The job-kind table: each kind's playbook, the variables it sends (docs/contract.md §2) and its outcome's effect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.jobs.kinds import KINDS, apply_outcome, host_variables
+from engine.jobs.runner import HostOutcome
+from engine.models import Instance, Job, JobKind, Lifecycle
+from engine.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(  # type: ignore[call-arg]
+        insecure_no_auth=True,
+        state_dir=tmp_path,
+        metadata_server="http://198.18.0.1:4000/seed/",
+        address_timeout_s=300,
+        max_start_retry=7,
+        vm_storage="ceph-vm",
+    )
+
+
+def instance(**values: object) -> Instance:
+    fields = {"id": 100123, "vm_name": "VISA-INSTANCE-1", "node": "pve2", "cores": 2, "memory_mb": 4096,
+              "disk_gb": 20, "seed_token": "tok", "security_groups": ["default"],
+              "lifecycle": Lifecycle.BUILDING}  # fmt: skip
+    return Instance(**(fields | values))
+
+
+def test_every_kind_runs_a_playbook_of_the_repository() -> None:
+    assert set(KINDS) == set(JobKind)
+    assert all((ROOT / "playbooks" / kind.playbook).is_file() for kind in KINDS.values())
+    assert [k for k, kind in KINDS.items() if not kind.rerun_after_crash] == [JobKind.REBOOT]
+
+
+def test_a_create_sends_the_whole_vm(settings: Settings) -> None:
+    job = Job(kind=JobKind.CREATE, params={"template": "9000", "template_node": "pve1", "full_clone": True})
+    assert host_variables(settings, job, instance()) == {
+        "vm_vmid": 100123,
+        "vm_name": "VISA-INSTANCE-1",
+        "vm_node": "pve2",
+        "vm_template_vmid": 9000,
+        "vm_template_node": "pve1",
+        "vm_full_clone": True,
+        "vm_cores": 2,
+        "vm_memory_mb": 4096,
+        "vm_disk_gb": 20,
+        "vm_tags": ["provisioner"],
+        "vm_description": "managed-by=provisioner instance=100123",
+        "vm_seed_url": "http://198.18.0.1:4000/seed/tok/",
+        "vm_firewall_groups": ["default"],
+        "vm_wait_for_address": True,
+        "vm_address_timeout": 300,
+        "vm_start_retries": 7,
+        "vm_discovery_groups": ["visa"],
+        "vm_storage": "ceph-vm",
+    }
+    linked = Job(kind=JobKind.CREATE, params={"template": "9000", "template_node": "pve1", "full_clone": False})
+    assert "vm_storage" not in host_variables(settings, linked, instance())  # a linked clone stays by its base
+
+
+@pytest.mark.parametrize(
+    ("kind", "params", "extra"),
+    [
+        (JobKind.START, {}, {"vm_wait_for_address": True, "vm_address_timeout": 300}),
+        (JobKind.REBOOT, {}, {"vm_wait_for_address": True, "vm_address_timeout": 300}),
+        (JobKind.SHUTDOWN, {}, {"vm_force_stop": False}),
+        (JobKind.STOP, {}, {"vm_force_stop": True}),
+        (JobKind.DELETE, {}, {"vm_force_stop": True}),
+        (JobKind.FIREWALL, {"add": ["web"], "remove": ["ssh"]},
+         {"vm_firewall_groups_add": ["web"], "vm_firewall_groups_remove": ["ssh"]}),
+    ],
+)  # fmt: skip
+def test_the_other_kinds_send_the_vm_and_what_they_change(
+    settings: Settings, kind: JobKind, params: dict, extra: dict
+) -> None:
+    identity = {"vm_vmid": 100123, "vm_name": "VISA-INSTANCE-1", "vm_node": "pve2"}
+    assert host_variables(settings, Job(kind=kind, params=params), instance()) == identity | extra
+
+
+def test_outcomes_change_the_instance_as_their_kind_says() -> None:
+    built = instance()
+    apply_outcome(Job(kind=JobKind.CREATE), built, HostOutcome(ok=True, facts={"address": "198.18.0.7"}))
+    assert built.lifecycle == Lifecycle.PROVISIONED and built.address == "198.18.0.7"
+
+    failed = instance()
+    apply_outcome(Job(kind=JobKind.CREATE), failed, HostOutcome(ok=False, error="VM 100123: template 9000 is gone"))
+    assert failed.lifecycle == Lifecycle.ERROR and failed.fault_details == "VM 100123: template 9000 is gone"
+
+    rebooted = instance(lifecycle=Lifecycle.PROVISIONED, address="198.18.0.7")
+    apply_outcome(Job(kind=JobKind.REBOOT), rebooted, HostOutcome(ok=True, facts={"address": "198.18.0.9"}))
+    assert rebooted.lifecycle == Lifecycle.PROVISIONED and rebooted.address == "198.18.0.9"
+
+    gone = instance(lifecycle=Lifecycle.DELETING, address="198.18.0.7")
+    apply_outcome(Job(kind=JobKind.DELETE), gone, HostOutcome(ok=True))
+    assert gone.lifecycle == Lifecycle.DELETED and gone.address is None and gone.deleted_at is not None
+
+    kept = instance(lifecycle=Lifecycle.DELETING, address="198.18.0.7")
+    apply_outcome(Job(kind=JobKind.DELETE), kept, HostOutcome(ok=False, error="locked"))
+    assert kept.lifecycle == Lifecycle.DELETING and kept.address == "198.18.0.7"
