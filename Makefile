@@ -44,6 +44,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check provisioner engine web_provider api discovery common simulator collections tests bench molecule
 	$(BIN)/ruff format --check provisioner engine web_provider api discovery common simulator collections tests bench molecule
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/ansible-lint --profile production playbooks roles molecule
 
 # Every Molecule scenario under molecule/, one after the other, each against its own Proxmox simulator and seed

@@ -95,4 +95,5 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
         message = "no such resource" if exc.status_code == 404 else str(exc.detail)
-        return error_response(RegistryError(exc.status_code, code, message, exc.headers))
+        headers = dict(exc.headers) if exc.headers else None
+        return error_response(RegistryError(exc.status_code, code, message, headers))

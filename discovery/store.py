@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import delete, select
+from sqlalchemy import CursorResult, Delete, delete, select
 from sqlalchemy.orm import Session
 
 from discovery.models import Advertisement, Host, HostGroup, SeenNonce
@@ -89,7 +90,7 @@ def find_advertisements(
 
 
 def delete_advertisement(session: Session, provider_id: str) -> bool:
-    return bool(session.execute(delete(Advertisement).where(Advertisement.provider_id == provider_id)).rowcount)
+    return bool(_deleted(session, delete(Advertisement).where(Advertisement.provider_id == provider_id)))
 
 
 # --- hosts
@@ -171,6 +172,12 @@ def delete_host(session: Session, provider_id: str, name: str) -> bool:
 def sweep(session: Session, now: datetime, advertisement_ttl_s: float) -> tuple[int, int]:
     """Delete expired advertisements and nonces past their window; (advertisements, nonces) removed."""
     cutoff = now - timedelta(seconds=advertisement_ttl_s)
-    ads = session.execute(delete(Advertisement).where(Advertisement.updated_at < cutoff)).rowcount
-    nonces = session.execute(delete(SeenNonce).where(SeenNonce.expires_at < now)).rowcount
-    return int(ads or 0), int(nonces or 0)
+    ads = _deleted(session, delete(Advertisement).where(Advertisement.updated_at < cutoff))
+    nonces = _deleted(session, delete(SeenNonce).where(SeenNonce.expires_at < now))
+    return ads, nonces
+
+
+def _deleted(session: Session, statement: Delete) -> int:
+    """How many rows a DELETE removed."""
+    result = cast(CursorResult[Any], session.execute(statement))
+    return int(result.rowcount or 0)

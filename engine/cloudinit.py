@@ -30,7 +30,7 @@ class SeedContext:
 
 
 def _dump(document: dict[str, Any]) -> str:
-    return yaml.safe_dump(document, default_flow_style=False, sort_keys=False, allow_unicode=True)
+    return str(yaml.safe_dump(document, default_flow_style=False, sort_keys=False, allow_unicode=True))
 
 
 def meta_data(ctx: SeedContext) -> str:

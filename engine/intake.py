@@ -14,9 +14,9 @@ import secrets
 import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import insert, select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -105,8 +105,8 @@ class CreateIntake:
             with self._db.session() as session:
                 outcomes, instances, jobs = self._admit(session, requests)
                 if instances:
-                    session.execute(insert(Instance.__table__), instances)
-                    session.execute(insert(Job.__table__), jobs)
+                    session.execute(insert(cast(Table, Instance.__table__)), instances)
+                    session.execute(insert(cast(Table, Job.__table__)), jobs)
         except SQLAlchemyError as exc:
             log.error("storing a group of %d create(s) failed, none was stored: %s", len(requests), _describe(exc))
             return [StoreUnavailable("the instance could not be stored; nothing was created") for _ in requests]

@@ -19,7 +19,7 @@ from engine.db import Database
 from engine.jobs.kinds import MANAGED_TAG
 from engine.models import Instance, Job, JobState, Lifecycle, utcnow
 from engine.naming import vm_name
-from engine.proxmox import ClusterView, Snapshot
+from engine.proxmox import ClusterView, Snapshot, VmInfo
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class Reconciler:
             instance.deleted_at = utcnow()
             self._missing.pop(instance.id, None)
 
-    def _adoptable(self, snapshot: Snapshot, known: dict[int, Instance]) -> list:
+    def _adoptable(self, snapshot: Snapshot, known: dict[int, Instance]) -> list[VmInfo]:
         return [
             vm
             for vm in snapshot.vms.values()

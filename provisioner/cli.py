@@ -119,7 +119,7 @@ def advertisement(_args: argparse.Namespace) -> None:
     from engine.proxmox import ClusterView, ProxmoxConnection, ProxmoxUnavailable
 
     try:
-        settings = Settings(insecure_no_auth=True)  # type: ignore[call-arg]
+        settings = Settings(insecure_no_auth=True)
         connection = ProxmoxConnection.from_ansible_env(os.environ)
     except ValidationError as exc:
         _exit_with_errors(exc)
@@ -136,7 +136,7 @@ def advertisement(_args: argparse.Namespace) -> None:
 
 def _database() -> Database:
     """The service's database, migrated; the flavour commands serve nothing, so no token is needed."""
-    settings = Settings(insecure_no_auth=True)  # type: ignore[call-arg]
+    settings = Settings(insecure_no_auth=True)
     database = Database(settings.db_url)
     database.migrate()
     return database

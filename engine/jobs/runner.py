@@ -164,7 +164,7 @@ class PlaybookRun:
         host = data.get("host")
         name = str(event.get("event") or "")
         outcome = self._hosts.get(host) if host else None
-        res = data.get("res") if isinstance(data.get("res"), dict) else {}
+        res: dict[str, Any] = data["res"] if isinstance(data.get("res"), dict) else {}
         if outcome is not None:
             outcome.seen = True
             if res.get("changed"):

@@ -79,7 +79,7 @@ def network_config(config: dict[str, Any]) -> str:
         entries.append(
             {"type": "nameserver", "address": servers, "search": str(config.get("searchdomain") or "").split()}
         )
-    return yaml.safe_dump({"version": 1, "config": entries}, sort_keys=False)
+    return str(yaml.safe_dump({"version": 1, "config": entries}, sort_keys=False))
 
 
 def _mac(value: str) -> bool:
@@ -130,7 +130,7 @@ def _without_macs(text: str) -> str:
     document = yaml.safe_load(text)
     for entry in document.get("config", []):
         entry.pop("mac_address", None)
-    return yaml.safe_dump(document, sort_keys=False)
+    return str(yaml.safe_dump(document, sort_keys=False))
 
 
 def remove_seed_dir(root: Path) -> None:
