@@ -9,11 +9,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
-from sqlalchemy import select
 
 from engine.errors import NotFound, ProvisionerError
-from engine.flavours import FlavourSpec, list_flavours, upsert_flavour
-from engine.models import Flavour, Job, JobEvent, JobState
+from engine.flavours import FlavourSpec
+from engine.models import Job, JobState
 from engine.service import Provisioner
 
 
@@ -86,23 +85,13 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[JobOut]:
     """Jobs, newest first."""
-    query = select(Job).order_by(Job.created_at.desc()).limit(limit)
-    if state is not None:
-        query = query.where(Job.state == state)
-    if instance_id is not None:
-        query = query.where(Job.instance_id == instance_id)
-    with service.db.session() as session:
-        return [job_out(job) for job in session.scalars(query)]
+    return [job_out(job) for job in service.jobs(state, instance_id, limit)]
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut)
 def get_job(job_id: str, service: ProvisionerDep) -> JobOut:
     """One job."""
-    with service.db.session() as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            raise NotFound(f"job {job_id!r} does not exist")
-        return job_out(job)
+    return job_out(service.job(job_id))
 
 
 @router.get("/jobs/{job_id}/events", response_model=list[EventOut])
@@ -110,16 +99,7 @@ def get_job_events(
     job_id: str, service: ProvisionerDep, after: int = -1, limit: Annotated[int, Query(ge=1, le=5000)] = 1000
 ) -> list[EventOut]:
     """The job's Ansible events in order (`after`: the last counter already seen)."""
-    with service.db.session() as session:
-        if session.get(Job, job_id) is None:
-            raise NotFound(f"job {job_id!r} does not exist")
-        rows = session.scalars(
-            select(JobEvent)
-            .where(JobEvent.job_id == job_id, JobEvent.counter > after)
-            .order_by(JobEvent.counter)
-            .limit(limit)
-        )
-        return [EventOut.model_validate(row, from_attributes=True) for row in rows]
+    return [EventOut.model_validate(row, from_attributes=True) for row in service.job_events(job_id, after, limit)]
 
 
 @router.post("/jobs/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
@@ -134,8 +114,7 @@ def cancel_job(job_id: str, service: ProvisionerDep) -> JobOut:
 @router.get("/flavours", response_model=list[FlavourOut])
 def get_flavours(service: ProvisionerDep) -> list[FlavourOut]:
     """The flavour catalogue."""
-    with service.db.session() as session:
-        return [FlavourOut.model_validate(row, from_attributes=True) for row in list_flavours(session)]
+    return [FlavourOut.model_validate(row, from_attributes=True) for row in service.flavours()]
 
 
 @router.put("/flavours/{flavour_id}", response_model=FlavourOut)
@@ -143,18 +122,13 @@ def put_flavour(flavour_id: str, body: FlavourSpec, service: ProvisionerDep) -> 
     """Create or replace a flavour (the id in the body must match the path)."""
     if body.id != flavour_id:
         raise ProvisionerError("the flavour id in the body differs from the path")
-    with service.db.session() as session:
-        return FlavourOut.model_validate(upsert_flavour(session, body), from_attributes=True)
+    return FlavourOut.model_validate(service.put_flavour(body), from_attributes=True)
 
 
 @router.delete("/flavours/{flavour_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_flavour(flavour_id: str, service: ProvisionerDep) -> Response:
     """Remove a flavour (existing instances keep their size)."""
-    with service.db.session() as session:
-        row = session.get(Flavour, flavour_id)
-        if row is None:
-            raise NotFound(f"flavour {flavour_id!r} does not exist")
-        session.delete(row)
+    service.delete_flavour(flavour_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -167,8 +141,7 @@ def healthz() -> dict[str, str]:
 @health.get("/readyz")
 def readyz(service: ProvisionerDep, response: Response) -> dict[str, str]:
     """Readiness: the database answers and the cluster view is fresh."""
-    with service.db.session() as session:
-        session.scalar(select(Job.id).limit(1))
+    service.check_database()
     if service.cluster.snapshot() is None:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         return {"status": "degraded", "proxmox": "unreachable or stale"}

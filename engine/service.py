@@ -19,10 +19,10 @@ from engine import cloudinit
 from engine.capacity import building_reservations, instances_in_quota
 from engine.db import Database
 from engine.errors import BackendUnavailable, Conflict, NotFound
-from engine.flavours import list_flavours
+from engine.flavours import FlavourSpec, list_flavours, upsert_flavour
 from engine.intake import CreateIntake, CreateRequest, check_security_groups
 from engine.jobs.executor import Executor
-from engine.models import Flavour, Instance, Job, JobKind, JobState, Lifecycle, utcnow
+from engine.models import Flavour, Instance, Job, JobEvent, JobKind, JobState, Lifecycle, utcnow
 from engine.naming import as_vmid, hostname
 from engine.proxmox import ClusterView, ProxmoxUnavailable, Snapshot
 from engine.settings import Settings
@@ -233,6 +233,48 @@ class Provisioner:
             instance.phoned_home_at = utcnow()
             if host_key and host_key.strip():
                 instance.host_key = host_key.strip()[:1000]
+
+    def jobs(self, state: JobState | None, instance_id: int | None, limit: int) -> list[Job]:
+        """Jobs, newest first, of a state and an instance when given."""
+        query = select(Job).order_by(Job.created_at.desc()).limit(limit)
+        if state is not None:
+            query = query.where(Job.state == state)
+        if instance_id is not None:
+            query = query.where(Job.instance_id == instance_id)
+        with self.db.session() as session:
+            return list(session.scalars(query))
+
+    def job(self, job_id: str) -> Job:
+        with self.db.session() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"job {job_id!r} does not exist")
+            return job
+
+    def job_events(self, job_id: str, after: int, limit: int) -> list[JobEvent]:
+        """The job's Ansible events with a counter above `after`, in order."""
+        with self.db.session() as session:
+            if session.get(Job, job_id) is None:
+                raise NotFound(f"job {job_id!r} does not exist")
+            query = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.counter > after)
+            return list(session.scalars(query.order_by(JobEvent.counter).limit(limit)))
+
+    def put_flavour(self, spec: FlavourSpec) -> Flavour:
+        with self.db.session() as session:
+            return upsert_flavour(session, spec)
+
+    def delete_flavour(self, flavour_id: str) -> None:
+        """Remove a flavour; instances made with it keep their size."""
+        with self.db.session() as session:
+            row = session.get(Flavour, flavour_id)
+            if row is None:
+                raise NotFound(f"flavour {flavour_id!r} does not exist")
+            session.delete(row)
+
+    def check_database(self) -> None:
+        """Raise if the database does not answer (readiness)."""
+        with self.db.session() as session:
+            session.scalar(select(Job.id).limit(1))
 
     def cancel(self, job_id: str) -> Job | None:
         """Cancel a job: a pending one at once, a running one with its playbook run; None if there is no such job."""
