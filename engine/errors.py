@@ -57,6 +57,13 @@ class BackendUnavailable(ProvisionerError):
     code = "backend_unavailable"
 
 
+class UnexpectedError(ProvisionerError):
+    """A failure nobody foresaw, in one request: that request's 500, never its neighbours' (the log has why)."""
+
+    status = 500
+    code = "internal_error"
+
+
 class StoreUnavailable(ProvisionerError):
     status = 503
     code = "store_unavailable"

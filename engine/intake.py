@@ -27,6 +27,7 @@ from engine.errors import (
     InvalidSSHKeyError,
     ProvisionerError,
     StoreUnavailable,
+    UnexpectedError,
     UnknownFlavour,
     UnknownImage,
     UnknownSecurityGroup,
@@ -133,6 +134,10 @@ class CreateIntake:
                 reservation = capacity.reserve(Request(valid.flavour.cpus, valid.flavour.ram_mb, valid.allowed_nodes))
             except ProvisionerError as exc:
                 outcomes.append(exc)
+                continue
+            except Exception:  # one request's surprise is its own 500, not its group's
+                log.exception("create %r failed unexpectedly; the rest of its group goes on", request.name)
+                outcomes.append(UnexpectedError("the create failed unexpectedly; nothing was created"))
                 continue
             instances.append(instance_row(valid, reservation))
             jobs.append(create_job_row(valid, reservation.vmid))

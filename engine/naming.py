@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 _INVALID = re.compile(r"[^A-Za-z0-9-]+")
+# ASCII digits only: str.isdigit() also accepts "²" or "٣", which int() then refuses or reads as another number.
+_VMID = re.compile(r"[0-9]{1,9}")
 
 
 def vm_name(name: str, vmid: int) -> str:
@@ -23,6 +25,4 @@ def hostname(name: str, vmid: int) -> str:
 def as_vmid(value: str | int) -> int | None:
     """The VMID a client-sent id names, or None when it cannot be one."""
     text = str(value).strip()
-    if not text.isdigit() or len(text) > 9:
-        return None
-    return int(text)
+    return int(text) if _VMID.fullmatch(text) else None

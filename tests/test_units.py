@@ -270,3 +270,14 @@ def test_seed_overdue_only_for_running_instances_of_ours_that_never_phoned_home(
     assert not _seed_overdue(instance(), "stopped", deadline)
     assert not _seed_overdue(instance(address=None), "running", deadline)
     assert not _seed_overdue(instance(lifecycle=Lifecycle.BUILDING), "running", deadline)
+
+
+@pytest.mark.parametrize(
+    ("text", "vmid"),
+    [("9000", 9000), (" 100000 ", 100000), (9001, 9001), ("999999999", 999999999), ("1000000000", None),
+     ("²", None), ("٩٠٠٠", None), ("-1", None), ("+5", None), ("1e3", None), ("", None), ("9000\x00", None)],
+)  # fmt: skip
+def test_vmids_are_ascii_digits_in_range(text: str | int, vmid: int | None):
+    from engine.naming import as_vmid
+
+    assert as_vmid(text) == vmid

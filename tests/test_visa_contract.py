@@ -150,6 +150,8 @@ BAD_BODIES = [
     ("invalid_request", None, {"name": "a", "imageId": "9000", "flavourId": "small", "metadata": {"k": {"nested": 1}}}),
     ("unknown_image", None, {"name": "a", "imageId": "4242", "flavourId": "small"}),
     ("unknown_image", None, {"name": "a", "imageId": "not-a-number", "flavourId": "small"}),
+    ("unknown_image", None, {"name": "a", "imageId": "²", "flavourId": "small"}),  # "²".isdigit() is true
+    ("unknown_image", None, {"name": "a", "imageId": "٩٠٠٠", "flavourId": "small"}),  # Arabic-Indic 9000
     ("unknown_flavour", None, {"name": "a", "imageId": "9000", "flavourId": "huge"}),
     (
         "unknown_security_group",
@@ -257,3 +259,20 @@ def test_group_changes_while_building_are_queued_behind_the_create(service: Live
     assert kinds == ["create", "firewall"]
     assert service.client.post(path, json={"name": "web"}).status_code == 200  # already there: nothing queued
     assert len(_jobs(service, instance_id)) == 2
+
+
+def test_a_bad_id_in_a_burst_fails_alone_and_id_routes_answer_404(service: LiveService):
+    """Creates committed together: the one with a non-ASCII digit id is refused, the others are accepted."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bodies = [visa_body(name=f"VISA-INSTANCE-B{n}") for n in range(4)] + [
+        visa_body(name="VISA-INSTANCE-BAD", image="²")
+    ]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        answers = list(pool.map(lambda body: service.client.post("/api/instances", json=body), bodies))
+    assert [a.status_code for a in answers] == [201, 201, 201, 201, 400], [a.text for a in answers]
+    assert answers[-1].json()["code"] == "unknown_image"
+    for path in ("/api/images/²", "/api/instances/²", "/api/instances/٩٠٠٠/security_groups"):
+        assert service.client.get(path).status_code == 404, path
+    for answer in answers[:4]:
+        assert service.client.delete(f"/api/instances/{answer.json()['id']}").status_code == 200
