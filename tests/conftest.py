@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,9 +16,11 @@ import pytest
 import uvicorn
 
 from discovery.settings import RegistrySettings
+from engine.models import Instance
 from engine.proxmox import ProxmoxConnection
 from engine.settings import Settings
 from provisioner.runtime import Runtime, create_app
+from tests.guest_ssh import KeyPair
 
 TOKEN = "test-visa-token-0123456789"
 SITE_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHVmPnHqL3iOx0hB3fm4tJq0pS0KyfHlLQ0n8Qd3JYJb site@example.org"
@@ -81,6 +84,22 @@ class LiveService:
         response = self.client.get(f"/api/instances/{instance_id}")
         assert response.status_code == 200, response.text
         return response.json()
+
+    def stored(self, instance_id: str) -> Instance:
+        """The instance's row in the service's database (detached)."""
+        with self.runtime.db.session() as session:
+            instance = session.get(Instance, int(instance_id))
+            assert instance is not None
+            session.expunge(instance)
+            return instance
+
+    def phoned_home(self, instance_id: str, timeout: float = 120) -> Instance:
+        """The instance's row once its guest phoned home (cloud-init's final stage ran with our data)."""
+        return wait_for(  # type: ignore[no-any-return]
+            lambda: (i := self.stored(instance_id)).phoned_home_at is not None and i,
+            timeout=timeout,
+            what=f"instance {instance_id} to phone home",
+        )
 
     def wait_state(self, instance_id: str, state: str, timeout: float = 120.0) -> dict[str, Any]:
         def reached() -> dict[str, Any] | None:
@@ -219,3 +238,46 @@ def start_test_registry(tmp_path: Path, clock: Callable[[], float] = time.time, 
 
     values: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "state_dir": tmp_path, **settings}
     return start_registry(RegistrySettings(**values), clock=clock)
+
+
+@pytest.fixture(scope="module")
+def guest_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, KeyPair]:
+    """SSH key pairs for real-guest tests: the site's, a user's (VISA metadata) and a stranger's."""
+    directory = tmp_path_factory.mktemp("keys")
+    return {name: KeyPair.generate(directory, name) for name in ("site", "user", "stranger")}
+
+
+@pytest.fixture(scope="module")
+def guest_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A simulator whose VMs are real container guests; afterwards nothing of it may be left on the machine."""
+    require_real_guests("container")
+    from simulator import start_simulator
+
+    state = tmp_path_factory.mktemp("simulator")
+    handle = start_simulator(state, time_scale=0, guests="container")
+    index = handle.sim.guests.backend.network.index
+    yield handle
+    handle.stop()
+    assert leftovers(index, state) == []
+
+
+def leftovers(index: int, directory: Path) -> list[str]:
+    """What is still on the machine of guest network `index` and of the guests kept under `directory`."""
+    found = []
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    found += [f"netns {line.split()[0]}" for line in namespaces.splitlines() if line.startswith(f"pg{index}-")]
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+    for line in links.splitlines():
+        name = line.split(": ")[1].split("@")[0]
+        if name.startswith(f"pg{index}-") or name == f"pgbr{index}":
+            found.append(f"link {name}")
+    with open("/proc/self/mounts") as mounts:
+        found += [f"mount {m.split()[1]}" for m in mounts if m.split()[1].startswith(str(directory))]
+    for process in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (process / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(directory) in argv and ("nspawn" in argv or "dnsmasq" in argv or "qemu" in argv):
+            found.append(f"process {process.name}: {argv[:80]}")
+    return found

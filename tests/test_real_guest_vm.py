@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import LiveService, pve_api, require_real_guests, start_service, wait_for
+from tests.conftest import LiveService, leftovers, pve_api, require_real_guests, start_service, wait_for
 from tests.guest_ssh import KeyPair
-from tests.test_real_guests import create, leftovers, login, stored
+from tests.test_real_guests import create, login
 
 pytestmark = [
     pytest.mark.slow,
@@ -78,7 +78,7 @@ def test_a_qemu_guest_takes_its_seed_from_the_smbios_serial_and_reports_through_
         assert live.client.delete(f"/api/instances/{instance_id}").status_code == 200
         wait_for(lambda: live.client.get(f"/api/instances/{instance_id}").status_code == 404, timeout=180)
         assert int(instance_id) not in vm_cluster.sim.guests.backend.vmids()
-        assert stored(live, instance_id).lifecycle == "deleted"
+        assert live.stored(instance_id).lifecycle == "deleted"
     finally:
         live.stop()
 

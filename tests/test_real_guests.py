@@ -21,9 +21,17 @@ from typing import Any
 import httpx
 import pytest
 
-from engine.models import Instance
 from engine.naming import hostname
-from tests.conftest import ROOT, LiveService, pve_api, require_real_guests, start_service, visa_body, wait_for
+from tests.conftest import (
+    ROOT,
+    LiveService,
+    leftovers,
+    pve_api,
+    require_real_guests,
+    start_service,
+    visa_body,
+    wait_for,
+)
 from tests.guest_ssh import GuestSSH, KeyPair, scanned_host_key
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_guest, pytest.mark.xdist_group("real_guests")]
@@ -38,79 +46,23 @@ READ_TOKEN = "real-guests-read-token-0123"
 
 
 @pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, KeyPair]:
-    directory = tmp_path_factory.mktemp("keys")
-    return {name: KeyPair.generate(directory, name) for name in ("site", "user", "stranger")}
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    require_real_guests("container")
-    from simulator import start_simulator
-
-    state = tmp_path_factory.mktemp("simulator")
-    handle = start_simulator(state, time_scale=0, guests="container")
-    index = handle.sim.guests.backend.network.index
-    yield handle
-    handle.stop()
-    assert leftovers(index, state) == []
-
-
-def leftovers(index: int, directory: Path) -> list[str]:
-    """What is still on the machine of guest network `index` and of the guests kept under `directory`."""
-    found = []
-    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    found += [f"netns {line.split()[0]}" for line in namespaces.splitlines() if line.startswith(f"pg{index}-")]
-    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
-    for line in links.splitlines():
-        name = line.split(": ")[1].split("@")[0]
-        if name.startswith(f"pg{index}-") or name == f"pgbr{index}":
-            found.append(f"link {name}")
-    with open("/proc/self/mounts") as mounts:
-        found += [f"mount {m.split()[1]}" for m in mounts if m.split()[1].startswith(str(directory))]
-    for process in Path("/proc").glob("[0-9]*"):
-        try:
-            argv = (process / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(directory) in argv and ("nspawn" in argv or "dnsmasq" in argv or "qemu" in argv):
-            found.append(f"process {process.name}: {argv[:80]}")
-    return found
-
-
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory, cluster: Any, keys: dict[str, KeyPair]) -> Iterator[LiveService]:
+def service(
+    tmp_path_factory: pytest.TempPathFactory, guest_cluster: Any, guest_keys: dict[str, KeyPair]
+) -> Iterator[LiveService]:
     from discovery.settings import RegistrySettings
 
     state = tmp_path_factory.mktemp("service")
     registry = RegistrySettings(host="127.0.0.1", port=0, read_token=READ_TOKEN, state_dir=state / "registry")
     live = start_service(
         state,
-        cluster,
+        guest_cluster,
         registry=registry,
         discovery_enabled=True,
-        ssh_public_keys=keys["site"].public,
+        ssh_public_keys=guest_keys["site"].public,
         address_timeout_s=180,
     )
     yield live
     live.stop()
-
-
-def stored(service: LiveService, instance_id: str) -> Instance:
-    with service.runtime.db.session() as session:
-        instance = session.get(Instance, int(instance_id))
-        assert instance is not None
-        session.expunge(instance)
-        return instance
-
-
-def phoned_home(service: LiveService, instance_id: str, timeout: float = 120) -> Instance:
-    """The instance once its guest phoned home (cloud-init's final stage ran with our data)."""
-    return wait_for(
-        lambda: (i := stored(service, instance_id)).phoned_home_at is not None and i,
-        timeout=timeout,
-        what=f"instance {instance_id} to phone home",
-    )
 
 
 def create(service: LiveService, name: str, image: str, user_key: KeyPair, **extra: Any) -> str:
@@ -128,7 +80,7 @@ def create(service: LiveService, name: str, image: str, user_key: KeyPair, **ext
 
 def login(service: LiveService, tmp_path: Path, instance_id: str, key: KeyPair, timeout: float = 120) -> GuestSSH:
     """SSH as the cloud-init user, once the guest phoned home, trusting the host key it sent."""
-    instance = phoned_home(service, instance_id, timeout)
+    instance = service.phoned_home(instance_id, timeout)
     assert instance.host_key and instance.host_key.startswith("ssh-ed25519 ")
     active = service.instance(instance_id)
     ssh = GuestSSH(tmp_path, active["address"], service.settings.cloud_init_user, key, instance.host_key)
@@ -142,20 +94,20 @@ def seed_status(service: LiveService, token: str) -> int:
 
 @pytest.mark.parametrize("image", sorted(IMAGES), ids=[IMAGES[i] for i in sorted(IMAGES)])
 def test_a_visa_instance_is_a_guest_users_log_in_to(
-    image: str, service: LiveService, cluster: Any, keys: dict[str, KeyPair], tmp_path: Path
+    image: str, service: LiveService, guest_cluster: Any, guest_keys: dict[str, KeyPair], tmp_path: Path
 ) -> None:
-    instance_id = create(service, f"VISA-INSTANCE-G{image}", image, keys["user"])
+    instance_id = create(service, f"VISA-INSTANCE-G{image}", image, guest_keys["user"])
     assert service.instance(instance_id)["state"] == "BUILDING"
     active = service.wait_state(instance_id, "ACTIVE", timeout=240)
     assert active["address"].startswith(GUEST_NETWORK_PREFIX), active
-    leases = (cluster.sim.guests.backend.network.workdir / "dnsmasq.leases").read_text()
+    leases = (guest_cluster.sim.guests.backend.network.workdir / "dnsmasq.leases").read_text()
     assert f" {active['address']} " in leases, "the address must be the one the DHCP server leased"
 
-    site = login(service, tmp_path, instance_id, keys["site"])
-    host_key = stored(service, instance_id).host_key or ""
-    user = GuestSSH(tmp_path, site.address, site.user, keys["user"], host_key)
+    site = login(service, tmp_path, instance_id, guest_keys["site"])
+    host_key = service.stored(instance_id).host_key or ""
+    user = GuestSSH(tmp_path, site.address, site.user, guest_keys["user"], host_key)
     assert user.check("id -un").strip() == service.settings.cloud_init_user
-    stranger = GuestSSH(tmp_path, site.address, site.user, keys["stranger"], host_key)
+    stranger = GuestSSH(tmp_path, site.address, site.user, guest_keys["stranger"], host_key)
     assert stranger.run("true").returncode != 0
 
     status = site.run("cloud-init status --wait --long")
@@ -163,11 +115,11 @@ def test_a_visa_instance_is_a_guest_users_log_in_to(
     assert "NoCloudNet" in status.stdout or "nocloud-net" in status.stdout.lower(), status.stdout
     assert site.check("hostname").strip() == hostname(f"VISA-INSTANCE-G{image}", int(instance_id))
     meta = json.loads(site.check("cloud-init query ds.meta_data.meta"))
-    assert meta == {"owner": "alice", "id": "7", "instruments": "", "sshPublicKey": keys["user"].public}
+    assert meta == {"owner": "alice", "id": "7", "instruments": "", "sshPublicKey": guest_keys["user"].public}
     assert site.check("cat /var/tmp/bootcommand.out").split() == ["owner=alice", "uid=0"]
     assert site.check("sudo -n id -u").strip() == "0"
     authorized = site.check("cat ~/.ssh/authorized_keys")
-    assert keys["site"].public in authorized and keys["user"].public in authorized
+    assert guest_keys["site"].public in authorized and guest_keys["user"].public in authorized
 
     # Reboot: the same disk, the same host key (the pinned known_hosts still matches), cloud-init ran again.
     site.check("echo kept > /var/tmp/disk-marker; sudo touch /run/boot-marker")
@@ -182,7 +134,7 @@ def test_a_visa_instance_is_a_guest_users_log_in_to(
     # Shutdown is the guest's own clean poweroff; start boots it again on the same disk.
     assert service.client.post(f"/api/instances/{instance_id}/shutdown").status_code == 200
     service.wait_state(instance_id, "STOPPED", timeout=120)
-    assert not cluster.sim.guests.backend.running(int(instance_id))
+    assert not guest_cluster.sim.guests.backend.running(int(instance_id))
     assert site.run("true", timeout=20).returncode != 0
     assert service.client.post(f"/api/instances/{instance_id}/start").status_code == 200
     service.wait_state(instance_id, "ACTIVE", timeout=180)
@@ -192,12 +144,12 @@ def test_a_visa_instance_is_a_guest_users_log_in_to(
     # A guest that powers itself off is a stopped VM.
     site.run("sudo systemctl poweroff", timeout=20)
     service.wait_state(instance_id, "STOPPED", timeout=120)
-    assert cluster.sim.vm(int(instance_id)).status == "stopped"
+    assert guest_cluster.sim.vm(int(instance_id)).status == "stopped"
 
     # Delete: the guest, its disk and its seed are gone.
-    token = stored(service, instance_id).seed_token
+    token = service.stored(instance_id).seed_token
     assert seed_status(service, token) == 200
-    disk = cluster.sim.guests.backend.workdir / "guests" / instance_id
+    disk = guest_cluster.sim.guests.backend.workdir / "guests" / instance_id
     assert disk.exists()
     assert service.client.delete(f"/api/instances/{instance_id}").status_code == 200
     wait_for(
@@ -205,16 +157,16 @@ def test_a_visa_instance_is_a_guest_users_log_in_to(
         timeout=120,
         what="the instance to be gone",
     )
-    assert int(instance_id) not in cluster.sim.guests.backend.vmids()
+    assert int(instance_id) not in guest_cluster.sim.guests.backend.vmids()
     assert not disk.exists()
     assert seed_status(service, token) == 404
 
 
 def test_a_guest_with_a_wrong_seed_token_gets_no_user_and_refuses_the_key(
-    service: LiveService, cluster: Any, keys: dict[str, KeyPair], tmp_path: Path
+    service: LiveService, guest_cluster: Any, guest_keys: dict[str, KeyPair], tmp_path: Path
 ) -> None:
     """A VM made by hand whose serial names a seed that does not exist: cloud-init falls back to no datasource."""
-    api = pve_api(cluster)
+    api = pve_api(guest_cluster)
     vmid = 190500
     api.nodes("pve1").qemu(9000).clone.post(newid=vmid, name="wrong-token", full=1)
     serial = f"ds=nocloud-net;s={service.settings.seed_base_url}{'x' * 43}/"
@@ -225,7 +177,9 @@ def test_a_guest_with_a_wrong_seed_token_gets_no_user_and_refuses_the_key(
     api.nodes("pve1").qemu(vmid).status.start.post()
     try:
         address = wait_for(lambda: guest_address(api, vmid), timeout=120, what="the guest's DHCP address")
-        ssh = GuestSSH(tmp_path, address, service.settings.cloud_init_user, keys["site"], scanned_host_key(address))
+        ssh = GuestSSH(
+            tmp_path, address, service.settings.cloud_init_user, guest_keys["site"], scanned_host_key(address)
+        )
         time.sleep(5)  # cloud-init has long given up on the seed by the time sshd answers; be generous anyway
         refused = ssh.run("true")
         assert refused.returncode == 255 and "Permission denied" in refused.stderr, refused.stderr
@@ -236,21 +190,21 @@ def test_a_guest_with_a_wrong_seed_token_gets_no_user_and_refuses_the_key(
 
 
 def test_a_guest_that_cannot_reach_its_seed_is_an_instance_fault_never_a_5xx(
-    tmp_path_factory: pytest.TempPathFactory, cluster: Any, keys: dict[str, KeyPair], tmp_path: Path
+    tmp_path_factory: pytest.TempPathFactory, guest_cluster: Any, guest_keys: dict[str, KeyPair], tmp_path: Path
 ) -> None:
     with socket.socket() as probe:  # a port on the gateway nothing listens on
-        probe.bind((cluster.guest_gateway, 0))
+        probe.bind((guest_cluster.guest_gateway, 0))
         port = probe.getsockname()[1]
     live = start_service(
         tmp_path_factory.mktemp("unreachable"),
-        cluster,
-        ssh_public_keys=keys["site"].public,
+        guest_cluster,
+        ssh_public_keys=guest_keys["site"].public,
         address_timeout_s=180,
         ready_timeout_s=20,
-        metadata_server=f"http://{cluster.guest_gateway}:{port}/seed/",
+        metadata_server=f"http://{guest_cluster.guest_gateway}:{port}/seed/",
     )
     try:
-        instance_id = create(live, "VISA-INSTANCE-NOSEED", "9000", keys["user"])
+        instance_id = create(live, "VISA-INSTANCE-NOSEED", "9000", guest_keys["user"])
         states: list[str] = []
 
         def failed() -> dict[str, Any] | None:
@@ -263,9 +217,13 @@ def test_a_guest_that_cannot_reach_its_seed_is_an_instance_fault_never_a_5xx(
         assert "ACTIVE" in states and states[0] == "BUILDING", states
         assert body["fault"]["message"] == "the guest did not finish cloud-init"
         assert body["address"] in body["fault"]["details"] and "seed" in body["fault"]["details"]
-        assert stored(live, instance_id).phoned_home_at is None
+        assert live.stored(instance_id).phoned_home_at is None
         ssh = GuestSSH(
-            tmp_path, body["address"], live.settings.cloud_init_user, keys["site"], scanned_host_key(body["address"])
+            tmp_path,
+            body["address"],
+            live.settings.cloud_init_user,
+            guest_keys["site"],
+            scanned_host_key(body["address"]),
         )
         assert ssh.run("true").returncode == 255
         assert live.client.delete(f"/api/instances/{instance_id}").status_code == 200
@@ -287,13 +245,13 @@ def guest_address(api: Any, vmid: int, node: str = "pve1") -> str | None:
 
 
 def test_ten_concurrent_creates_all_accept_ssh(
-    service: LiveService, keys: dict[str, KeyPair], tmp_path: Path, cluster: Any
+    service: LiveService, guest_keys: dict[str, KeyPair], tmp_path: Path, guest_cluster: Any
 ) -> None:
-    ids = [create(service, f"VISA-INSTANCE-C{n}", "9000", keys["user"]) for n in range(10)]
+    ids = [create(service, f"VISA-INSTANCE-C{n}", "9000", guest_keys["user"]) for n in range(10)]
     for instance_id in ids:
         service.wait_state(instance_id, "ACTIVE", timeout=300)
     with ThreadPoolExecutor(10) as pool:
-        logins = list(pool.map(lambda i: login(service, tmp_path, i, keys["user"]), ids))
+        logins = list(pool.map(lambda i: login(service, tmp_path, i, guest_keys["user"]), ids))
     addresses = {ssh.address for ssh in logins}
     assert len(addresses) == 10
     for ssh, instance_id in zip(logins, ids, strict=True):
@@ -306,16 +264,16 @@ def test_ten_concurrent_creates_all_accept_ssh(
             timeout=180,
             what="the instances to be gone",
         )
-    assert cluster.sim.guests.backend.vmids() == []
+    assert guest_cluster.sim.guests.backend.vmids() == []
 
 
 def test_the_discovery_inventory_reaches_the_guests_the_service_made(
-    service: LiveService, keys: dict[str, KeyPair], tmp_path: Path
+    service: LiveService, guest_keys: dict[str, KeyPair], tmp_path: Path
 ) -> None:
     """`ansible -i inventory/discovery.yml visa -m ping` as an operator runs it, with the site key."""
-    instance_id = create(service, "VISA-INSTANCE-DISCO", "9002", keys["user"])
+    instance_id = create(service, "VISA-INSTANCE-DISCO", "9002", guest_keys["user"])
     service.wait_state(instance_id, "ACTIVE", timeout=240)
-    ssh = login(service, tmp_path, instance_id, keys["site"])
+    ssh = login(service, tmp_path, instance_id, guest_keys["site"])
     known_hosts = ssh.known_hosts  # the pinned host key
     assert service.runtime.registry is not None
     env = {
@@ -323,7 +281,7 @@ def test_the_discovery_inventory_reaches_the_guests_the_service_made(
         "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
         "DISCOVERY_URL": service.runtime.registry.url,
         "DISCOVERY_READ_TOKEN": READ_TOKEN,
-        "ANSIBLE_PRIVATE_KEY_FILE": str(keys["site"].private),
+        "ANSIBLE_PRIVATE_KEY_FILE": str(guest_keys["site"].private),
         "ANSIBLE_SSH_ARGS": f"-F /dev/null -o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=yes "
         "-o IdentitiesOnly=yes",
     }
@@ -349,7 +307,7 @@ def test_the_discovery_inventory_reaches_the_guests_the_service_made(
 
 
 def test_create_yml_by_hand_with_a_proxmox_cloud_init_drive_gives_a_guest_to_log_in_to(
-    cluster: Any, keys: dict[str, KeyPair], tmp_path: Path
+    guest_cluster: Any, guest_keys: dict[str, KeyPair], tmp_path: Path
 ) -> None:
     """An operator without the service: native cloud-init (ciuser, sshkeys on the VM's cloud-init drive)."""
     import yaml
@@ -358,7 +316,7 @@ def test_create_yml_by_hand_with_a_proxmox_cloud_init_drive_gives_a_guest_to_log
 
     variables = yaml.safe_load((ROOT / "examples" / "vm.yml").read_text())
     variables.pop("vm_seed_url")
-    variables |= {"vm_vmid": 4243, "vm_cloud_init_user": "alice", "vm_cloud_init_ssh_keys": [keys["user"].public]}
+    variables |= {"vm_vmid": 4243, "vm_cloud_init_user": "alice", "vm_cloud_init_ssh_keys": [guest_keys["user"].public]}
     variables["vm_address_timeout"] = 180
     extra = tmp_path / "vm.yml"
     extra.write_text(yaml.safe_dump(variables))
@@ -366,24 +324,24 @@ def test_create_yml_by_hand_with_a_proxmox_cloud_init_drive_gives_a_guest_to_log
 
     def playbook(name: str) -> subprocess.CompletedProcess[str]:
         command = [str(binary), "-i", "inventory/hosts.yml", f"playbooks/{name}", "-e", f"@{extra}"]
-        env = {k: v for k, v in ansible_env(cluster).items() if not k.startswith("DISCOVERY_")}
+        env = {k: v for k, v in ansible_env(guest_cluster).items() if not k.startswith("DISCOVERY_")}
         return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
     created = playbook("create.yml")
     assert created.returncode == 0, created.stdout[-3000:]
-    address = wait_for(lambda: guest_address_on(cluster, "pve2", 4243), timeout=60, what="the guest's address")
-    ssh = GuestSSH(tmp_path, address, "alice", keys["user"], scanned_host_key(address))
+    address = wait_for(lambda: guest_address_on(guest_cluster, "pve2", 4243), timeout=60, what="the guest's address")
+    ssh = GuestSSH(tmp_path, address, "alice", guest_keys["user"], scanned_host_key(address))
     ssh.wait()
     assert ssh.check("hostname").strip() == "example-vm"
     assert ssh.check("sudo -n id -un").strip() == "root"
     assert "NoCloud" in ssh.check("cloud-init status --wait --long || true")
     deleted = playbook("delete.yml")
     assert deleted.returncode == 0, deleted.stdout[-3000:]
-    assert 4243 not in cluster.sim.guests.backend.vmids()
+    assert 4243 not in guest_cluster.sim.guests.backend.vmids()
 
 
-def guest_address_on(cluster: Any, node: str, vmid: int) -> str | None:
-    return guest_address(pve_api(cluster), vmid, node)
+def guest_address_on(guest_cluster: Any, node: str, vmid: int) -> str | None:
+    return guest_address(pve_api(guest_cluster), vmid, node)
 
 
 CRASHING = """

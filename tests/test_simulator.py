@@ -29,6 +29,7 @@ from simulator.cloudinit import CloudInitRun, cloud_config, parse_seed
 from simulator.cluster import ClusterSimulator
 from simulator.properties import agent_enabled, format_size, resized
 from simulator.serve import TOKEN_ID
+from tests.conftest import pve_api
 from tests.conftest import wait_for as conftest_wait_for
 
 GIB = 1024**3
@@ -51,20 +52,6 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
     yield start
     for handle in handles:
         handle.stop()
-
-
-def client(handle: SimulatorHandle) -> ProxmoxAPI:
-    user, token = handle.token_id.split("!")
-    # An explicit CA path: requests would swap verify=True for REQUESTS_CA_BUNDLE from the environment.
-    return ProxmoxAPI(
-        handle.host,
-        port=handle.port,
-        user=user,
-        token_name=token,
-        token_value=handle.token_secret,
-        verify_ssl=handle.cafile,
-        service="PVE",
-    )
 
 
 # The simulator answers fast: poll often, give up soon.
@@ -246,7 +233,7 @@ def test_seed_strings_and_cloud_configs_parse_as_cloud_init_reads_them() -> None
 
 def test_seeded_cluster_has_nodes_storages_templates_and_groups(serve: Serve) -> None:
     handle = serve()
-    api = client(handle)
+    api = pve_api(handle)
     nodes = {n["node"]: n for n in api.nodes.get()}
     assert set(nodes) == {"pve1", "pve2"}
     assert nodes["pve1"]["maxcpu"] == 32 and nodes["pve1"]["maxmem"] == 128 * GIB
@@ -295,14 +282,14 @@ def test_start_simulator_writes_ca_and_private_token(serve: Serve) -> None:
     assert Path(handle.cafile).read_text().startswith("-----BEGIN CERTIFICATE-----")
     assert handle.token_id == TOKEN_ID == "root@pam!provisioner"
     assert handle.url == f"https://127.0.0.1:{handle.port}" and handle.port > 0
-    assert client(handle).version.get()["version"]
+    assert pve_api(handle).version.get()["version"]
 
 
 # ------------------------------------------------------------------------------------- clone and resize
 
 
 def test_linked_clone_copies_the_template_disk_size(serve: Serve) -> None:
-    api = client(serve())
+    api = pve_api(serve())
     upid = api.nodes("pve2").qemu(9001).clone.post(newid=150, name="vm-150", target="pve1")
     assert ":qmclone:9001:" in upid and task_done(api, "pve2", upid)["exitstatus"] == "OK"
     config = api.nodes("pve1").qemu(150).config.get()
@@ -312,7 +299,7 @@ def test_linked_clone_copies_the_template_disk_size(serve: Serve) -> None:
 
 def test_resize_grows_the_disk_in_a_resize_task(serve: Serve) -> None:
     handle = serve()
-    api = client(handle)
+    api = pve_api(handle)
     clone(api, 101)
     upid = api.nodes("pve1").qemu(101).resize.put(disk="scsi0", size="20G")
     assert upid.startswith("UPID:pve1:") and ":resize:101:root@pam!provisioner:" in upid
@@ -327,7 +314,7 @@ def test_resize_grows_the_disk_in_a_resize_task(serve: Serve) -> None:
 
 
 def test_resize_refuses_shrinking_and_unknown_disks_in_the_task(serve: Serve) -> None:
-    api = client(serve())
+    api = pve_api(serve())
     clone(api, 102)
     before = api.nodes("pve1").qemu(102).config.get()
     upid = api.nodes("pve1").qemu(102).resize.put(disk="scsi0", size="2G")
@@ -340,7 +327,7 @@ def test_resize_refuses_shrinking_and_unknown_disks_in_the_task(serve: Serve) ->
 
 
 def test_resize_rejects_bad_parameters_and_unknown_vms(serve: Serve) -> None:
-    api = client(serve())
+    api = pve_api(serve())
     clone(api, 103)
     with pytest.raises(ResourceException) as bad:
         api.nodes("pve1").qemu(103).resize.put(disk="scsi0", size="20 GB")
@@ -354,7 +341,7 @@ def test_resize_rejects_bad_parameters_and_unknown_vms(serve: Serve) -> None:
 
 
 def test_cluster_tasks_lists_the_real_task_log(serve: Serve) -> None:
-    api = client(serve(time_scale=0.01, clone_secs=50))
+    api = pve_api(serve(time_scale=0.01, clone_secs=50))
     upid = api.nodes("pve1").qemu(9000).clone.post(newid=110, name="vm-110")
     running = {t["upid"]: t for t in api.cluster.tasks.get()}
     assert upid in running and "status" not in running[upid]
@@ -365,7 +352,7 @@ def test_cluster_tasks_lists_the_real_task_log(serve: Serve) -> None:
 
 
 def test_clone_and_start_take_their_configured_time(serve: Serve) -> None:
-    api = client(serve(time_scale=0.01, clone_secs=50, start_secs=50))
+    api = pve_api(serve(time_scale=0.01, clone_secs=50, start_secs=50))
     began = time.monotonic()
     upid = api.nodes("pve1").qemu(9000).clone.post(newid=111, name="vm-111")
     assert api.nodes("pve1").tasks(upid).status.get()["status"] == "running"
@@ -383,7 +370,7 @@ def test_clone_and_start_take_their_configured_time(serve: Serve) -> None:
 
 
 def test_agent_answers_with_the_guest_address_after_boot_secs(serve: Serve) -> None:
-    api = client(serve(time_scale=0.01, boot_secs=50))
+    api = pve_api(serve(time_scale=0.01, boot_secs=50))
     clone(api, 120)
     began = time.monotonic()
     task_done(api, "pve1", api.nodes("pve1").qemu(120).status.start.post())
@@ -397,7 +384,7 @@ def test_agent_answers_with_the_guest_address_after_boot_secs(serve: Serve) -> N
 
 def test_stop_takes_the_agent_away_and_a_start_boots_again(serve: Serve) -> None:
     handle = serve()
-    api = client(handle)
+    api = pve_api(handle)
     clone(api, 121)
     api.nodes("pve1").qemu(121).status.start.post()
     wait_for(lambda: agent_address(api, "pve1", 121))
@@ -411,7 +398,7 @@ def test_stop_takes_the_agent_away_and_a_start_boots_again(serve: Serve) -> None
 
 def test_vm_without_agent_enabled_never_gets_an_agent(serve: Serve) -> None:
     handle = serve()
-    api = client(handle)
+    api = pve_api(handle)
     clone(api, 122)
     api.nodes("pve1").qemu(122).config.put(agent="enabled=0")
     api.nodes("pve1").qemu(122).status.start.post()
@@ -446,7 +433,7 @@ def test_sidecar_is_one_loop_for_hundreds_of_vms(serve: Serve) -> None:
 
 def test_boot_fetches_the_seed_and_phones_home(serve: Serve, seeds: SeedServer) -> None:
     handle = serve()
-    api = client(handle)
+    api = pve_api(handle)
     clone(api, 130)
     url = seeds.seed("vm130", vendor_data=phone_home_vendor_data(seeds), instance_id="i-130", hostname="web-130")
     api.nodes("pve1").qemu(130).config.put(smbios1=smbios_with_seed(f"ds=nocloud-net;s={url}"))
@@ -472,7 +459,7 @@ def test_boot_fetches_the_seed_and_phones_home(serve: Serve, seeds: SeedServer) 
 
 def test_user_data_404_means_datasource_none_but_the_agent_still_comes_up(serve: Serve, seeds: SeedServer) -> None:
     handle = serve()
-    api = client(handle)
+    api = pve_api(handle)
     clone(api, 131)
     url = seeds.seed("vm131", user_data=None, vendor_data=phone_home_vendor_data(seeds))
     api.nodes("pve1").qemu(131).config.put(smbios1=smbios_with_seed(f"ds=nocloud-net;s={url}"))
@@ -486,7 +473,7 @@ def test_user_data_404_means_datasource_none_but_the_agent_still_comes_up(serve:
 
 def test_failing_phone_home_is_retried_and_never_holds_the_agent_back(serve: Serve, seeds: SeedServer) -> None:
     handle = serve()
-    api = client(handle)
+    api = pve_api(handle)
     clone(api, 136)
     seeds.post_status = 503
     url = seeds.seed("vm136", vendor_data=phone_home_vendor_data(seeds), instance_id="i-136")
@@ -500,7 +487,7 @@ def test_failing_phone_home_is_retried_and_never_holds_the_agent_back(serve: Ser
 
 def test_unreachable_seed_is_recorded_as_datasource_none(serve: Serve) -> None:
     handle = serve()
-    api = client(handle)
+    api = pve_api(handle)
     clone(api, 132)
     with socket.socket() as probe:  # a port nothing listens on once the probe closes
         probe.bind(("127.0.0.1", 0))
@@ -514,7 +501,7 @@ def test_unreachable_seed_is_recorded_as_datasource_none(serve: Serve) -> None:
 
 def test_ds_nocloud_fetches_the_seed_but_never_applies_it(serve: Serve, seeds: SeedServer) -> None:
     handle = serve()
-    api = client(handle)
+    api = pve_api(handle)
     clone(api, 133)
     url = seeds.seed("vm133", vendor_data=phone_home_vendor_data(seeds))
     api.nodes("pve1").qemu(133).config.put(smbios1=smbios_with_seed(f"ds=nocloud;s={url}"))
@@ -526,7 +513,7 @@ def test_ds_nocloud_fetches_the_seed_but_never_applies_it(serve: Serve, seeds: S
 
 def test_every_boot_fetches_the_seed_again(serve: Serve, seeds: SeedServer) -> None:
     handle = serve()
-    api = client(handle)
+    api = pve_api(handle)
     clone(api, 134)
     url = seeds.seed("vm134", vendor_data=phone_home_vendor_data(seeds), instance_id="i-134")
     api.nodes("pve1").qemu(134).config.put(smbios1=smbios_with_seed(f"ds=nocloud-net;s={url}"))
@@ -544,7 +531,7 @@ def test_every_boot_fetches_the_seed_again(serve: Serve, seeds: SeedServer) -> N
 
 def test_reboot_takes_the_agent_away_until_the_guest_is_up_again(serve: Serve) -> None:
     handle = serve(time_scale=0.01, boot_secs=50)
-    api = client(handle)
+    api = pve_api(handle)
     clone(api, 135)
     api.nodes("pve1").qemu(135).status.start.post()
     wait_for(lambda: agent_address(api, "pve1", 135))

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from engine.models import Instance
-from tests.conftest import ROOT, LiveService, ansible_env, require_real_guests, start_service, visa_body, wait_for
+from tests.conftest import ROOT, LiveService, ansible_env, start_service, visa_body
 from tests.guest_ssh import KeyPair
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_guest, pytest.mark.xdist_group("real_guests")]
@@ -40,62 +40,39 @@ GUEST_CHECKS = [
 
 
 @pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, KeyPair]:
-    directory = tmp_path_factory.mktemp("keys")
-    return {name: KeyPair.generate(directory, name) for name in ("site", "user", "stranger")}
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    require_real_guests("container")
-    from simulator import start_simulator
-
-    handle = start_simulator(tmp_path_factory.mktemp("simulator"), time_scale=0, guests="container")
-    yield handle
-    handle.stop()
-
-
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory, cluster: Any, keys: dict[str, KeyPair]) -> Iterator[LiveService]:
+def service(
+    tmp_path_factory: pytest.TempPathFactory, guest_cluster: Any, guest_keys: dict[str, KeyPair]
+) -> Iterator[LiveService]:
     live = start_service(
-        tmp_path_factory.mktemp("service"), cluster, ssh_public_keys=keys["site"].public, address_timeout_s=180
+        tmp_path_factory.mktemp("service"),
+        guest_cluster,
+        ssh_public_keys=guest_keys["site"].public,
+        address_timeout_s=180,
     )
     yield live
     live.stop()
 
 
-def stored(service: LiveService, instance_id: str) -> Instance:
-    with service.runtime.db.session() as session:
-        instance = session.get(Instance, int(instance_id))
-        assert instance is not None
-        session.expunge(instance)
-        return instance
-
-
 @pytest.fixture(scope="module")
-def instance(service: LiveService, keys: dict[str, KeyPair]) -> Iterator[Instance]:
+def instance(service: LiveService, guest_keys: dict[str, KeyPair]) -> Iterator[Instance]:
     """One VISA instance, ACTIVE, whose guest phoned home (cloud-init's final stage ran, its host key is known)."""
     body = visa_body(
         name="VISA-INSTANCE-VERIFY",
         image="9000",
         bootCommand=BOOT_COMMAND,
-        metadata={"owner": "alice", "id": "7", "instruments": "", "sshPublicKey": keys["user"].public},
+        metadata={"owner": "alice", "id": "7", "instruments": "", "sshPublicKey": guest_keys["user"].public},
     )
     response = service.client.post("/api/instances", json=body)
     assert response.status_code == 201, response.text
     instance_id = str(response.json()["id"])
     service.wait_state(instance_id, "ACTIVE", timeout=240)
-    row = wait_for(
-        lambda: (i := stored(service, instance_id)).phoned_home_at is not None and i,
-        timeout=120,
-        what=f"instance {instance_id} to phone home",
-    )
+    row = service.phoned_home(instance_id, timeout=120)
     assert row.host_key and row.host_key.startswith("ssh-ed25519 "), row.host_key
     yield row
     service.client.delete(f"/api/instances/{instance_id}")
 
 
-def requested(service: LiveService, instance: Instance, keys: dict[str, KeyPair]) -> dict[str, Any]:
+def requested(service: LiveService, instance: Instance, guest_keys: dict[str, KeyPair]) -> dict[str, Any]:
     """The vm_* variables of what VISA asked for, as an operator describes the VM, with the guest checks on."""
     return {
         "vm_vmid": instance.id,
@@ -112,12 +89,12 @@ def requested(service: LiveService, instance: Instance, keys: dict[str, KeyPair]
         "vm_metadata": dict(instance.meta),
         "vm_boot_command": instance.boot_command,
         "vm_verify_guest": True,
-        "vm_verify_guest_private_key_file": str(keys["site"].private),
+        "vm_verify_guest_private_key_file": str(guest_keys["site"].private),
         "vm_host_key": instance.host_key,
     }
 
 
-def verify(cluster: Any, tmp_path: Path, variables: dict[str, Any], token: str) -> dict[str, Any]:
+def verify(guest_cluster: Any, tmp_path: Path, variables: dict[str, Any], token: str) -> dict[str, Any]:
     """Run playbooks/verify.yml; its verify_result (from the json callback). The run must not show the token."""
     extra = tmp_path / "vm.json"
     extra.write_text(json.dumps(variables))
@@ -125,7 +102,7 @@ def verify(cluster: Any, tmp_path: Path, variables: dict[str, Any], token: str) 
     run = subprocess.run(
         [str(Path(sys.executable).parent / "ansible-playbook"), "playbooks/verify.yml", "-e", f"@{extra}"],
         cwd=ROOT,
-        env={**ansible_env(cluster), "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json"},
+        env={**ansible_env(guest_cluster), "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json"},
         capture_output=True,
         text=True,
         timeout=300,
@@ -150,13 +127,13 @@ def failed(result: dict[str, Any]) -> list[str]:
 
 
 def test_verify_scores_a_real_guest_from_inside(
-    cluster: Any, service: LiveService, instance: Instance, keys: dict[str, KeyPair], tmp_path: Path
+    guest_cluster: Any, service: LiveService, instance: Instance, guest_keys: dict[str, KeyPair], tmp_path: Path
 ) -> None:
-    wanted = requested(service, instance, keys)
+    wanted = requested(service, instance, guest_keys)
     token = instance.seed_token
-    assert wanted["vm_ssh_keys"] == [keys["site"].public, keys["user"].public]
+    assert wanted["vm_ssh_keys"] == [guest_keys["site"].public, guest_keys["user"].public]
 
-    result = verify(cluster, tmp_path, wanted, token)
+    result = verify(guest_cluster, tmp_path, wanted, token)
     ran = [check["name"] for check in result["checks"]]
     assert result["score"] == 100 and result["passed"], result
     assert ran[-len(GUEST_CHECKS) :] == GUEST_CHECKS, ran
@@ -167,13 +144,13 @@ def test_verify_scores_a_real_guest_from_inside(
     assert json.loads(actual["guest_metadata"]) == instance.meta
 
     # The user key swapped for a stranger's: the seed and the guest both lack it (and the guest has one more).
-    wrong_key = {**wanted, "vm_ssh_keys": [keys["site"].public, keys["stranger"].public]}
-    result = verify(cluster, tmp_path, wrong_key, token)
+    wrong_key = {**wanted, "vm_ssh_keys": [guest_keys["site"].public, guest_keys["stranger"].public]}
+    result = verify(guest_cluster, tmp_path, wrong_key, token)
     assert failed(result) == ["seed_ssh_keys", "guest_ssh_keys"], result
     assert result["score"] == expected_score(ran, ["seed_ssh_keys", "guest_ssh_keys"]) == 89
 
     # Other metadata: what the seed serves and what cloud-init in the guest has both differ.
     wrong_meta = {**wanted, "vm_metadata": {**instance.meta, "owner": "mallory"}}
-    result = verify(cluster, tmp_path, wrong_meta, token)
+    result = verify(guest_cluster, tmp_path, wrong_meta, token)
     assert failed(result) == ["seed_meta_data", "guest_metadata"], result
     assert result["score"] == expected_score(ran, ["seed_meta_data", "guest_metadata"]) == 92
