@@ -165,23 +165,20 @@ class ContainerGuest:
 
     def _init_pid(self) -> int | None:
         """The host PID of the guest's init: the process of the guest's namespace that is PID 1 in its own."""
-        pids = system.run(["ip", "netns", "pids", self.name], check=False).stdout.split()
-        for pid in pids:
+        for pid in system.netns_pids(self.name):
             try:
                 status = Path(f"/proc/{pid}/status").read_text()
             except OSError:
                 continue
             for line in status.splitlines():
                 if line.startswith("NSpid:") and line.split()[-1] == "1":
-                    return int(pid)
+                    return pid
         return None
 
     def _teardown(self) -> None:
         """Unplug and unmount (the disk layer stays)."""
         if self._netns_path.exists():
-            for pid in system.run(["ip", "netns", "pids", self.name], check=False).stdout.split():
-                system.kill_now(int(pid))
-            system.quiet("ip", "netns", "del", self.name)
+            system.remove_netns(self.name)
         system.quiet("ip", "link", "del", self.name)
         system.unmount(self.root)
         (self.workdir / "nspawn.pid").unlink(missing_ok=True)
@@ -203,7 +200,7 @@ class ContainerGuest:
     def memory_bytes(self) -> int:
         """Resident memory of every process in the guest (its namespace), for the benchmark."""
         total = 0
-        for pid in system.run(["ip", "netns", "pids", self.name], check=False).stdout.split():
+        for pid in system.netns_pids(self.name):
             try:
                 for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                     if line.startswith("VmRSS:"):

@@ -206,9 +206,7 @@ def remove_links(record: Record) -> None:
     for line in namespaces:
         name = line.split(" ")[0]
         if name.startswith(record.prefix):
-            for pid in system.run(["ip", "netns", "pids", name], check=False).stdout.split():
-                system.kill_now(int(pid))
-            system.quiet("ip", "netns", "del", name)
+            system.remove_netns(name)
     links = system.run(["ip", "-o", "link", "show"], check=False).stdout.split("\n")
     for line in links:
         fields = line.split(": ")

@@ -156,3 +156,15 @@ def terminate(pid: int, grace_s: float = 5.0) -> None:
 def kill_now(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+def netns_pids(name: str) -> list[int]:
+    """The processes in a network namespace (none if it does not exist)."""
+    return [int(pid) for pid in run(["ip", "netns", "pids", name], check=False).stdout.split()]
+
+
+def remove_netns(name: str) -> None:
+    """Kill whatever runs in a network namespace, then delete it (nothing to do if it is gone)."""
+    for pid in netns_pids(name):
+        kill_now(pid)
+    quiet("ip", "netns", "del", name)
