@@ -11,6 +11,8 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+WRITE_OPTION = "write_transaction"  # execution option: this connection's transactions take the write lock first
+
 
 def make_engine(url: str, immediate: bool = False) -> Engine:
     """An engine for url. immediate (SQLite): every transaction starts with BEGIN IMMEDIATE.
@@ -18,7 +20,8 @@ def make_engine(url: str, immediate: bool = False) -> Engine:
     Without it, pysqlite opens a deferred transaction that reads first and asks for the write lock later; two
     of those that have both read cannot both upgrade, and SQLite answers "database is locked" at once instead of
     waiting. Services whose every request writes (the discovery registry: nonces, upserts) take the write lock
-    up front, so concurrent requests queue on SQLite's busy timeout instead of failing.
+    up front, so concurrent requests queue on SQLite's busy timeout instead of failing. Other engines take it
+    up front only for the connections of `Database.write()`.
     """
     if url.startswith("sqlite"):
         # immediate: as many connections as request threads (Starlette's pool has 40), so a request waiting
@@ -33,14 +36,12 @@ def make_engine(url: str, immediate: bool = False) -> Engine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
-            if immediate:
-                dbapi_conn.isolation_level = None  # SQLAlchemy's begin event below opens the transactions
+            dbapi_conn.isolation_level = None  # SQLAlchemy's begin event below opens the transactions
 
-        if immediate:
-
-            @event.listens_for(engine, "begin")
-            def _begin_immediate(connection):  # type: ignore[no-untyped-def]
-                connection.exec_driver_sql("BEGIN IMMEDIATE")
+        @event.listens_for(engine, "begin")
+        def _begin(connection):  # type: ignore[no-untyped-def]
+            up_front = immediate or connection.get_execution_options().get(WRITE_OPTION, False)
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if up_front else "BEGIN")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
@@ -62,6 +63,7 @@ class Database:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(url, immediate)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.writers = sessionmaker(self.engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False)
 
     def migrate(self) -> None:
         migrate(self.engine, self.migrations)
@@ -69,7 +71,23 @@ class Database:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session that commits on success and rolls back on error."""
-        session = self.sessions()
+        with self._transaction(self.sessions) as session:
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A session whose transaction holds the write lock from its first statement (SQLite: BEGIN IMMEDIATE).
+
+        What it reads cannot change before it commits, so a read-then-write in it is a compare-and-set; on
+        other databases, lock the rows it reads (`with_for_update`).
+        """
+        with self._transaction(self.writers) as session:
+            yield session
+
+    @staticmethod
+    @contextmanager
+    def _transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+        session = factory()
         try:
             yield session
             session.commit()

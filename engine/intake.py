@@ -14,14 +14,13 @@ import secrets
 import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
-from sqlalchemy import Table, insert, select
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from engine.capacity import Capacity
-from engine.db import Database
 from engine.errors import (
     BackendUnavailable,
     InvalidSSHKeyError,
@@ -33,12 +32,14 @@ from engine.errors import (
     UnknownSecurityGroup,
 )
 from engine.group_commit import GroupCommitter
-from engine.models import Flavour, Instance, Job, JobKind, JobState, Lifecycle
+from engine.jobs.kinds import KINDS
+from engine.models import Flavour, JobKind, JobState, Lifecycle
 from engine.naming import as_vmid, vm_name
 from engine.placement import GiB, Request, Reservation
 from engine.proxmox import ClusterView, ProxmoxUnavailable, Snapshot, VmInfo
 from engine.settings import Settings
 from engine.sshkeys import InvalidSSHKey, normalise_key
+from engine.store import Store
 from engine.vmids import VmidAllocator
 
 log = logging.getLogger(__name__)
@@ -76,13 +77,13 @@ class CreateIntake:
     def __init__(
         self,
         settings: Settings,
-        db: Database,
+        store: Store,
         cluster: ClusterView,
         site_keys: list[str],
         on_committed: Callable[[], None],
     ) -> None:
         self._settings = settings
-        self._db = db
+        self._store = store
         self._cluster = cluster
         self._site_keys = site_keys
         self._on_committed = on_committed
@@ -103,11 +104,10 @@ class CreateIntake:
     def store_group(self, requests: list[CreateRequest]) -> list[int | ProvisionerError]:
         """One outcome per request, in order: its VMID, or why it was refused. All or none are stored."""
         try:
-            with self._db.session() as session:
+            with self._store.creating() as session:
                 outcomes, instances, jobs = self._admit(session, requests)
                 if instances:
-                    session.execute(insert(cast(Table, Instance.__table__)), instances)
-                    session.execute(insert(cast(Table, Job.__table__)), jobs)
+                    self._store.add_creates(session, instances, jobs)
         except SQLAlchemyError as exc:
             log.error("storing a group of %d create(s) failed, none was stored: %s", len(requests), _describe(exc))
             return [StoreUnavailable("the instance could not be stored; nothing was created") for _ in requests]
@@ -262,5 +262,5 @@ def create_job_row(valid: ValidCreate, vmid: int) -> dict[str, Any]:
         "instance_id": vmid,
         "params": {"template": template.vmid, "template_node": template.node, "full_clone": valid.full_clone},
         "state": JobState.PENDING,
-        "max_attempts": 1,
+        "max_attempts": KINDS[JobKind.CREATE].attempts,
     }

@@ -82,6 +82,7 @@ class Instance(Base):
     adopted: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    delete_requested_at: Mapped[datetime | None] = mapped_column(default=None)  # the first delete, for its timeout
     deleted_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
@@ -95,6 +96,7 @@ class Job(Base):
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)  # never holds secrets
     state: Mapped[str] = mapped_column(String(16), default=JobState.PENDING)
     run_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
+    run_pgid: Mapped[int | None] = mapped_column(Integer, default=None)  # the run's ansible-playbook process group
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=1)
     not_before: Mapped[datetime | None] = mapped_column(default=None)

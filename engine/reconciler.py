@@ -1,10 +1,14 @@
-"""Periodic reconciliation of our store with Proxmox.
+"""Periodic reconciliation of our store with Proxmox, through the store's transitions.
 
-* fills in the address of running instances that have none (VMs started outside a job, adopted VMs);
-* adopts VMs that carry our tag or the VISA name prefix but are missing from the store (after data loss,
-  or VMs created by the reference provider), so VISA keeps seeing them;
-* marks provisioned instances that disappeared from Proxmox (absent from several consecutive fresh
-  snapshots) as deleted.
+* fills in the address of running instances that have none (VMs started outside a job, adopted VMs), and follows
+  migrations;
+* marks provisioned instances that disappeared from Proxmox (absent from several consecutive fresh snapshots)
+  as deleted;
+* finishes deletions: a DELETING instance whose VM is gone becomes DELETED, and one whose deletes all failed gets
+  a new delete job, with a growing backoff, until its VM is gone;
+* adopts VMs of ours the store does not know (after data loss): only VMs tagged with this provider's owner tag
+  (`kinds.owner_tag`), inside its VMID range; with `PROVISIONER_ADOPT_REFERENCE_VMS`, also VMs named with VISA's
+  prefix (the reference provider's, when a site switches over).
 """
 
 from __future__ import annotations
@@ -12,26 +16,29 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from engine.db import Database
-from engine.jobs.kinds import MANAGED_TAG
-from engine.models import Instance, Job, JobState, Lifecycle, utcnow
+from engine.jobs.kinds import owner_tag
+from engine.models import Instance, Job, JobKind, JobState, Lifecycle, utcnow
 from engine.naming import vm_name
 from engine.proxmox import ClusterView, Snapshot, VmInfo
+from engine.settings import Settings
+from engine.store import OPEN, Store, aware
 
 log = logging.getLogger(__name__)
 
 VANISHED_AFTER = 3  # consecutive fresh snapshots without the VM
 ADDRESS_LOOKUPS_PER_PASS = 20
+DELETE_BACKOFF_S = (30, 60, 120, 300, 600)  # before the 1st, 2nd… delete the reconciler adds; then the last
 
 
 class Reconciler:
-    def __init__(self, db: Database, cluster: ClusterView, name_prefix: str, interval_s: float = 10.0) -> None:
-        self._db = db
+    def __init__(self, store: Store, cluster: ClusterView, settings: Settings, interval_s: float = 10.0) -> None:
+        self._store = store
         self._cluster = cluster
-        self._prefix = name_prefix
+        self._settings = settings
         self._interval = interval_s
         self._missing: dict[int, int] = {}
         self._stop = threading.Event()
@@ -57,58 +64,81 @@ class Reconciler:
         snapshot = self._cluster.snapshot()
         if snapshot is None:
             return
-        with self._db.session() as session:
-            busy = set(
-                session.scalars(select(Job.instance_id).where(Job.state.in_((JobState.PENDING, JobState.RUNNING))))
+        with self._store.read() as session:
+            busy = set(session.scalars(select(Job.instance_id).where(Job.state.in_(OPEN))))
+            known = {i.id: (Lifecycle(i.lifecycle), i.address) for i in session.scalars(select(Instance))}
+            deletes = session.execute(
+                select(Job.instance_id, func.count(Job.id), func.max(Job.finished_at))
+                .where(Job.kind == JobKind.DELETE, Job.state.in_((JobState.FAILED, JobState.ERROR)))
+                .group_by(Job.instance_id)
             )
-            known = {i.id: i for i in session.scalars(select(Instance))}
-            lookups = 0
-            for instance in known.values():
-                if instance.lifecycle != Lifecycle.PROVISIONED or instance.id in busy:
-                    continue
-                vm = snapshot.vms.get(instance.id)
-                if vm is None:
-                    self._note_missing(instance)
-                    continue
-                self._missing.pop(instance.id, None)
-                instance.node = vm.node  # follows migrations
-                if vm.status == "running" and not instance.address and lookups < ADDRESS_LOOKUPS_PER_PASS:
+            failed_deletes = {vmid: (count, last) for vmid, count, last in deletes}
+        lookups = 0
+        for vmid, (lifecycle, address) in known.items():
+            if vmid in busy:
+                continue
+            vm = snapshot.vms.get(vmid)
+            if lifecycle == Lifecycle.DELETING:
+                self._finish_delete(vmid, vm, *failed_deletes.get(vmid, (0, None)))
+            elif lifecycle == Lifecycle.PROVISIONED and vm is None:
+                self._note_missing(vmid)
+            elif lifecycle == Lifecycle.PROVISIONED and vm is not None:
+                self._missing.pop(vmid, None)
+                found = None
+                if vm.status == "running" and not address and lookups < ADDRESS_LOOKUPS_PER_PASS:
                     lookups += 1
-                    instance.address = self._cluster.guest_ipv4(vm.node, vm.vmid)
-            for vm in self._adoptable(snapshot, known):
-                log.info("adopting VM %s (%s) found in Proxmox", vm.vmid, vm.name)
-                session.add(
-                    Instance(
-                        id=vm.vmid,
-                        name=vm.name,
-                        vm_name=vm_name(vm.name, vm.vmid),
-                        image_id="",
-                        flavour_id="",
-                        node=vm.node,
-                        cores=vm.maxcpu,
-                        memory_mb=vm.maxmem // 1024**2,
-                        disk_gb=vm.maxdisk // 1024**3,
-                        lifecycle=Lifecycle.PROVISIONED,
-                        seed_token=secrets.token_urlsafe(32),
-                        adopted=True,
-                    )
-                )
+                    found = self._cluster.guest_ipv4(vm.node, vm.vmid)
+                self._store.follow_vm(vmid, vm.node, found)
+        for vm in self._adoptable(snapshot, set(known)):
+            if self._store.adopt(adopted_row(vm)):
+                log.info("adopted VM %s (%s) found in Proxmox", vm.vmid, vm.name)
 
-    def _note_missing(self, instance: Instance) -> None:
-        count = self._missing.get(instance.id, 0) + 1
-        self._missing[instance.id] = count
+    def _finish_delete(self, vmid: int, vm: VmInfo | None, failures: int, last: datetime | None) -> None:
+        if vm is None:
+            if self._store.confirm_deleted(vmid):
+                log.info("instance %s: its VM is gone; deleted", vmid)
+            return
+        if failures == 0:
+            return
+        wait = DELETE_BACKOFF_S[min(failures, len(DELETE_BACKOFF_S)) - 1]
+        not_before = (aware(last) if last else utcnow()) + timedelta(seconds=wait)
+        if self._store.retry_delete(vmid, not_before):
+            log.warning("instance %s: its VM is still there after %d failed delete(s); deleting again", vmid, failures)
+
+    def _note_missing(self, vmid: int) -> None:
+        count = self._missing.get(vmid, 0) + 1
+        self._missing[vmid] = count
         if count >= VANISHED_AFTER:
-            log.warning("instance %s is gone from Proxmox; marking it deleted", instance.id)
-            instance.lifecycle = Lifecycle.DELETED
-            instance.deleted_at = utcnow()
-            self._missing.pop(instance.id, None)
+            self._missing.pop(vmid, None)
+            if self._store.mark_vanished(vmid):
+                log.warning("instance %s is gone from Proxmox; marked deleted", vmid)
 
-    def _adoptable(self, snapshot: Snapshot, known: dict[int, Instance]) -> list[VmInfo]:
+    def _adoptable(self, snapshot: Snapshot, known: set[int]) -> list[VmInfo]:
         return [
             vm
             for vm in snapshot.vms.values()
-            if not vm.template
-            and vm.vmid not in known
-            and vm.lock is None
-            and (MANAGED_TAG in vm.tags or (self._prefix and vm.name.startswith(self._prefix)))
+            if not vm.template and vm.vmid not in known and vm.lock is None and self._ours(vm)
         ]
+
+    def _ours(self, vm: VmInfo) -> bool:
+        settings = self._settings
+        owner = owner_tag(settings)
+        if owner and owner in vm.tags and settings.vmid_min <= vm.vmid <= settings.vmid_max:
+            return True
+        prefix = settings.server_name_prefix
+        return settings.adopt_reference_vms and bool(prefix) and vm.name.startswith(prefix)
+
+
+def adopted_row(vm: VmInfo) -> dict[str, object]:
+    return {
+        "id": vm.vmid,
+        "name": vm.name,
+        "vm_name": vm_name(vm.name, vm.vmid),
+        "image_id": "",
+        "flavour_id": "",
+        "node": vm.node,
+        "cores": vm.maxcpu,
+        "memory_mb": vm.maxmem // 1024**2,
+        "disk_gb": vm.maxdisk // 1024**3,
+        "seed_token": secrets.token_urlsafe(32),
+    }

@@ -7,9 +7,8 @@ Proxmox to change anything (jobs do), and reads only the cluster snapshot.
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -17,8 +16,7 @@ from sqlalchemy.orm import Session
 
 from engine import cloudinit
 from engine.capacity import building_reservations, instances_in_quota
-from engine.db import Database
-from engine.errors import BackendUnavailable, Conflict, NotFound
+from engine.errors import BackendUnavailable, NotFound
 from engine.flavours import FlavourSpec, list_flavours, upsert_flavour
 from engine.intake import CreateIntake, CreateRequest, check_security_groups
 from engine.jobs.executor import Executor
@@ -26,10 +24,9 @@ from engine.models import Flavour, Instance, Job, JobEvent, JobKind, JobState, L
 from engine.naming import as_vmid, hostname
 from engine.proxmox import ClusterView, ProxmoxUnavailable, Snapshot
 from engine.settings import Settings
+from engine.store import Store, aware
 
 log = logging.getLogger(__name__)
-
-POWER_JOBS = (JobKind.START, JobKind.SHUTDOWN, JobKind.STOP, JobKind.REBOOT)
 
 
 @dataclass(frozen=True)
@@ -44,18 +41,20 @@ class InstanceView:
     # Running with its address for longer than the readiness timeout, but the guest never phoned home: cloud-init
     # did not apply our seed (unreachable, or it failed), so nobody can log in.
     seed_overdue: bool = False
+    # Deleting for longer than the delete timeout, and its VM is still there: its deletes keep failing.
+    delete_overdue: bool = False
 
 
 class Provisioner:
     def __init__(
-        self, settings: Settings, db: Database, cluster: ClusterView, site_keys: list[str], executor: Executor
+        self, settings: Settings, store: Store, cluster: ClusterView, site_keys: list[str], executor: Executor
     ) -> None:
         self.settings = settings
-        self.db = db
+        self.store = store
         self.cluster = cluster
         self.site_keys = site_keys
         self.executor = executor  # runs the jobs this service records; told when there are new ones
-        self.intake = CreateIntake(settings, db, cluster, site_keys, on_committed=executor.notify)
+        self.intake = CreateIntake(settings, store, cluster, site_keys, on_committed=executor.notify)
 
     def start(self) -> None:
         self.intake.start()
@@ -76,11 +75,11 @@ class Provisioner:
         return template
 
     def flavours(self) -> list[Flavour]:
-        with self.db.session() as session:
+        with self.store.read() as session:
             return list_flavours(session)
 
     def flavour(self, flavour_id: str) -> Flavour:
-        with self.db.session() as session:
+        with self.store.read() as session:
             row = session.get(Flavour, str(flavour_id))
         if row is None:
             raise NotFound(f"flavour {flavour_id!r} does not exist")
@@ -95,7 +94,7 @@ class Provisioner:
     def views(self, instance_id: int | None = None) -> list[InstanceView]:
         """Instances we manage (not deleted), with their job and Proxmox state; no Proxmox request."""
         snapshot = self.cluster.snapshot()
-        with self.db.session() as session:
+        with self.store.read() as session:
             query = select(Instance).where(Instance.lifecycle != Lifecycle.DELETED)
             if instance_id is not None:
                 query = query.where(Instance.id == instance_id)
@@ -103,6 +102,7 @@ class Provisioner:
             jobs = self._open_jobs(session, [i.id for i in instances] if instance_id is not None else None)
         views = []
         overdue_before = utcnow() - timedelta(seconds=self.settings.ready_timeout_s)
+        delete_due = utcnow() - timedelta(seconds=self.settings.delete_error_after_s)
         for instance in instances:
             vm = snapshot.vms.get(instance.id) if snapshot else None
             views.append(
@@ -113,6 +113,7 @@ class Provisioner:
                     vm.lock if vm else None,
                     snapshot is not None,
                     seed_overdue=_seed_overdue(instance, vm.status if vm else None, overdue_before),
+                    delete_overdue=vm is not None and _delete_overdue(instance, delete_due),
                 )
             )
         return views
@@ -132,7 +133,7 @@ class Provisioner:
         snapshot = self._snapshot_or_fail()
         nodes = [n for n in snapshot.nodes.values() if n.online and self._node_allowed(n.name)]
         guests = [vm for vm in snapshot.vms.values() if not vm.template and self._node_allowed(vm.node)]
-        with self.db.session() as session:
+        with self.store.read() as session:
             used = instances_in_quota(session)
             pending = building_reservations(session, snapshot)
         return {
@@ -154,33 +155,13 @@ class Provisioner:
 
     def delete(self, instance_id: str) -> Job:
         """Queue the deletion; asking again while one is queued returns it, after a failed one retries."""
-        with self.db.session() as session:
-            instance = self._instance(session, instance_id, allow_deleting=True)
-            open_delete = session.scalar(
-                select(Job).where(
-                    Job.instance_id == instance.id,
-                    Job.kind == JobKind.DELETE,
-                    Job.state.in_((JobState.PENDING, JobState.RUNNING)),
-                )
-            )
-            if open_delete is not None:
-                return open_delete
-            for job in session.scalars(
-                select(Job).where(Job.instance_id == instance.id, Job.state == JobState.PENDING)
-            ):
-                job.state, job.error, job.finished_at = JobState.CANCELED, "superseded by delete", utcnow()
-            instance.lifecycle = Lifecycle.DELETING
-            job = self._enqueue(session, instance, JobKind.DELETE, {}, max_attempts=5)
+        job = self.store.request_delete(self._vmid(instance_id))
         self.executor.notify()
         return job
 
     def power(self, instance_id: str, kind: JobKind) -> Job:
-        assert kind in POWER_JOBS
-        with self.db.session() as session:
-            instance = self._live_instance(session, instance_id)
-            if instance.lifecycle == Lifecycle.BUILDING:
-                raise Conflict(f"instance {instance_id} is still being built")
-            job = self._enqueue(session, instance, kind, {})
+        """Queue a power change; the same change already waiting is answered with that job."""
+        job = self.store.request_power(self._vmid(instance_id), kind)
         self.executor.notify()
         return job
 
@@ -192,22 +173,15 @@ class Provisioner:
         return self._change_groups(instance_id, add=[], remove=[group])
 
     def _change_groups(self, instance_id: str, add: list[str], remove: list[str]) -> Job | None:
-        with self.db.session() as session:
-            instance = self._live_instance(session, instance_id)
-            current = list(instance.security_groups)
-            wanted = [g for g in current if g not in remove] + [g for g in add if g not in current]
-            if wanted == current:
-                return None
-            instance.security_groups = wanted
-            # Queued behind a create that may already be running with the old list; idempotent either way.
-            job = self._enqueue(session, instance, JobKind.FIREWALL, {"add": add, "remove": remove})
-        self.executor.notify()
+        job = self.store.change_groups(self._vmid(instance_id), add, remove)
+        if job is not None:
+            self.executor.notify()
         return job
 
     # ---------------------------------------------------------- seed server
 
     def seed_instance(self, token: str) -> Instance:
-        with self.db.session() as session:
+        with self.store.read() as session:
             instance = session.scalar(select(Instance).where(Instance.seed_token == token))
             if instance is None or instance.lifecycle == Lifecycle.DELETED:
                 raise NotFound("no such seed")
@@ -226,13 +200,7 @@ class Provisioner:
         )
 
     def record_phone_home(self, token: str, host_key: str | None) -> None:
-        with self.db.session() as session:
-            instance = session.scalar(select(Instance).where(Instance.seed_token == token))
-            if instance is None or instance.lifecycle == Lifecycle.DELETED:
-                raise NotFound("no such seed")
-            instance.phoned_home_at = utcnow()
-            if host_key and host_key.strip():
-                instance.host_key = host_key.strip()[:1000]
+        self.store.record_phone_home(self.seed_instance(token).id, host_key)
 
     def jobs(self, state: JobState | None, instance_id: int | None, limit: int) -> list[Job]:
         """Jobs, newest first, of a state and an instance when given."""
@@ -241,11 +209,11 @@ class Provisioner:
             query = query.where(Job.state == state)
         if instance_id is not None:
             query = query.where(Job.instance_id == instance_id)
-        with self.db.session() as session:
+        with self.store.read() as session:
             return list(session.scalars(query))
 
     def job(self, job_id: str) -> Job:
-        with self.db.session() as session:
+        with self.store.read() as session:
             job = session.get(Job, job_id)
             if job is None:
                 raise NotFound(f"job {job_id!r} does not exist")
@@ -253,19 +221,19 @@ class Provisioner:
 
     def job_events(self, job_id: str, after: int, limit: int) -> list[JobEvent]:
         """The job's Ansible events with a counter above `after`, in order."""
-        with self.db.session() as session:
+        with self.store.read() as session:
             if session.get(Job, job_id) is None:
                 raise NotFound(f"job {job_id!r} does not exist")
             query = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.counter > after)
             return list(session.scalars(query.order_by(JobEvent.counter).limit(limit)))
 
     def put_flavour(self, spec: FlavourSpec) -> Flavour:
-        with self.db.session() as session:
+        with self.store.read() as session:
             return upsert_flavour(session, spec)
 
     def delete_flavour(self, flavour_id: str) -> None:
         """Remove a flavour; instances made with it keep their size."""
-        with self.db.session() as session:
+        with self.store.read() as session:
             row = session.get(Flavour, flavour_id)
             if row is None:
                 raise NotFound(f"flavour {flavour_id!r} does not exist")
@@ -273,7 +241,7 @@ class Provisioner:
 
     def check_database(self) -> None:
         """Raise if the database does not answer (readiness)."""
-        with self.db.session() as session:
+        with self.store.read() as session:
             session.scalar(select(Job.id).limit(1))
 
     def cancel(self, job_id: str) -> Job | None:
@@ -282,30 +250,11 @@ class Provisioner:
 
     # ------------------------------------------------------------- helpers
 
-    def _enqueue(
-        self, session: Session, instance: Instance, kind: JobKind, params: dict[str, Any], max_attempts: int = 1
-    ) -> Job:
-        job = Job(
-            id=str(uuid.uuid4()),
-            kind=kind,
-            instance_id=instance.id,
-            params=params,
-            state=JobState.PENDING,
-            max_attempts=max_attempts,
-        )
-        session.add(job)
-        return job
-
-    def _live_instance(self, session: Session, instance_id: str) -> Instance:
-        return self._instance(session, instance_id, allow_deleting=False)
-
-    def _instance(self, session: Session, instance_id: str, allow_deleting: bool) -> Instance:
+    def _vmid(self, instance_id: str) -> int:
         vmid = as_vmid(instance_id)
-        instance = session.get(Instance, vmid) if vmid is not None else None
-        gone = (Lifecycle.DELETED,) if allow_deleting else (Lifecycle.DELETED, Lifecycle.DELETING)
-        if instance is None or instance.lifecycle in gone:
+        if vmid is None:
             raise NotFound(f"instance {instance_id!r} does not exist")
-        return instance
+        return vmid
 
     def _open_jobs(self, session: Session, ids: list[int] | None) -> dict[int, str]:
         query = select(Job.instance_id, Job.kind).where(Job.state.in_((JobState.PENDING, JobState.RUNNING)))
@@ -330,11 +279,17 @@ class Provisioner:
         return not self.settings.node_allowlist or node in self.settings.node_allowlist
 
 
+def _delete_overdue(instance: Instance, due: datetime) -> bool:
+    if instance.lifecycle != Lifecycle.DELETING:
+        return False
+    asked = instance.delete_requested_at or instance.updated_at
+    return aware(asked) < due
+
+
 def _seed_overdue(instance: Instance, vm_status: str | None, overdue_before: datetime) -> bool:
     """True for a running instance of ours that never phoned home although it was created before the deadline."""
     if instance.adopted or instance.phoned_home_at is not None or vm_status != "running":
         return False
     if instance.lifecycle != Lifecycle.PROVISIONED or not instance.address:
         return False
-    created = instance.created_at if instance.created_at.tzinfo else instance.created_at.replace(tzinfo=UTC)
-    return created < overdue_before
+    return aware(instance.created_at) < overdue_before

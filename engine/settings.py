@@ -86,6 +86,16 @@ class Settings(BaseSettings):
     stale_after_s: float = Field(30.0, gt=0, validation_alias=env("PROVISIONER_STALE_AFTER"))
     job_nice: int = Field(10, ge=0, le=19, validation_alias=env("PROVISIONER_JOB_NICE"))
     keep_runs: int = Field(200, ge=0, validation_alias=env("PROVISIONER_KEEP_RUNS"))
+    # An instance whose deletes keep failing (its VM still exists) shows ERROR this long after the delete; the
+    # reconciler goes on deleting it.
+    delete_error_after_s: int = Field(900, ge=10, validation_alias=env("PROVISIONER_DELETE_ERROR_AFTER"))
+    # Who owns a VM: the tag `provisioner-<first 16 characters>` on every VM this provider creates; the reconciler
+    # adopts only VMs with it. Unset: the discovery provider id (from DISCOVERY_PROVIDER_KEY_FILE).
+    provider_id: str | None = Field(
+        None, pattern=r"^[a-z0-9]{16,128}$", validation_alias=env("PROVISIONER_PROVIDER_ID")
+    )
+    # Also adopt VMs named with VISA_CLOUD_SERVER_NAME_PREFIX (the reference provider's, when a site switches over).
+    adopt_reference_vms: bool = Field(False, validation_alias=env("PROVISIONER_ADOPT_REFERENCE_VMS"))
 
     # --- Discovery: this provider's side (the registry reads its own DISCOVERY_* variables, discovery/settings.py)
     discovery_enabled: bool = Field(True, validation_alias=env("PROVISIONER_DISCOVERY"))

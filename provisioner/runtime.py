@@ -27,6 +27,7 @@ from engine.reconciler import Reconciler
 from engine.service import Provisioner
 from engine.settings import Settings
 from engine.sshkeys import site_keys
+from engine.store import Store
 from web_provider import http as visa_http
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class Runtime:
         self.registry: RegistryHandle | None = None
         self.advertiser: Advertiser | None = None
         self.db = Database(settings.db_url)
+        self.store = Store(self.db)
         self.keys = site_keys(settings.ssh_public_keys, settings.ssh_public_key_files)
         self.cluster: ClusterView | None = None
         self.provisioner: Provisioner | None = None
@@ -55,8 +57,11 @@ class Runtime:
         self.reconciler: Reconciler | None = None
 
     def start(self) -> None:
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.settings.provider_id is None:
+            key = load_or_create_key(self.settings.provider_key_path)
+            self.settings = self.settings.model_copy(update={"provider_id": provider_id(key)})
         settings = self.settings
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.db.migrate()
         with self.db.session() as session:
             added = seed_flavours(session, settings.flavours_file)
@@ -69,7 +74,7 @@ class Runtime:
         self.cluster = ClusterView(self.connection, settings.refresh_interval_s, settings.stale_after_s)
         discovery_env = self._start_discovery(self.cluster) if settings.discovery_enabled else {}
         self.executor = Executor(
-            self.db,
+            self.store,
             ExecutorConfig(
                 ansible_dir=settings.ansible_dir,
                 runs_dir=settings.state_dir / "runs",
@@ -85,14 +90,14 @@ class Runtime:
             settings=settings,
             after_run=self.cluster.poke,
         )
-        self.provisioner = Provisioner(settings, self.db, self.cluster, self.keys, self.executor)
+        self.provisioner = Provisioner(settings, self.store, self.cluster, self.keys, self.executor)
         self.provisioner.start()
         try:
             self.cluster.start()
         except Exception:
             log.warning("Proxmox is not reachable at start-up; serving with a stale cluster view")
         self.executor.start()
-        self.reconciler = Reconciler(self.db, self.cluster, settings.server_name_prefix)
+        self.reconciler = Reconciler(self.store, self.cluster, settings)
         self.reconciler.start()
         if self.advertiser is not None:
             self.advertiser.start()

@@ -13,6 +13,7 @@ from engine.db import Database
 from engine.jobs.executor import Executor, ExecutorConfig
 from engine.models import Instance, Job, JobKind, JobState, Lifecycle, utcnow
 from engine.settings import Settings
+from engine.store import Store
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ def make_executor(
         keep_runs=5,
     )
     settings = Settings(insecure_no_auth=True, state_dir=tmp_path)  # type: ignore[call-arg]
-    return Executor(db, config, env={}, secrets=[], settings=settings, after_run=lambda: None)
+    return Executor(Store(db), config, env={}, secrets=[], settings=settings, after_run=lambda: None)
 
 
 def add_instance(db: Database, vmid: int) -> None:

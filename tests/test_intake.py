@@ -31,6 +31,7 @@ from engine.models import Flavour, Instance, Job, JobKind, JobState, Lifecycle
 from engine.placement import Request
 from engine.proxmox import NodeInfo, ProxmoxUnavailable, Snapshot, StorageInfo, VmInfo
 from engine.settings import Settings
+from engine.store import Store
 from engine.vmids import VmidAllocator
 from tests.conftest import SITE_KEY, USER_KEY
 from tests.test_executor import add_instance
@@ -95,11 +96,11 @@ def store(tmp_path: Path) -> Iterator[Database]:
 class Intake:
     """A started CreateIntake and what it told the job queue."""
 
-    def __init__(self, store: Database, cluster: FakeCluster, **settings: Any) -> None:
+    def __init__(self, db: Database, cluster: FakeCluster, **settings: Any) -> None:
         self.notified = 0
         self.intake = CreateIntake(
             Settings(insecure_no_auth=True, cpu_overcommit=1.0, **settings),  # type: ignore[call-arg]
-            store,
+            Store(db),
             cluster,  # type: ignore[arg-type]
             [SITE_KEY],
             on_committed=self._notified,

@@ -175,10 +175,10 @@ def test_visa_state_mapping(view: InstanceView, state: VisaState):
 
 
 def test_redactor_masks_secrets_everywhere():
-    redactor = Redactor(["s3cr3t-token", "abc"])  # too-short values are not treated as secrets
+    redactor = Redactor(["s3cr3t-token", "abc", ""])  # secrets of any length; an empty one is none
     assert redactor.text("x s3cr3t-token y") == f"x {MASK} y"
-    assert redactor.data({"k s3cr3t-token": ["s3cr3t-token", 1, {"a": "abc"}]}) == {
-        f"k {MASK}": [MASK, 1, {"a": "abc"}]
+    assert redactor.data({"k s3cr3t-token": ["s3cr3t-token", 1, {"a": "abc", "b": "ab"}]}) == {
+        f"k {MASK}": [MASK, 1, {"a": MASK, "b": "ab"}]
     }
 
 

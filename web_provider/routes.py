@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, status
 
 from engine.intake import CreateRequest
+from engine.jobs.kinds import DELETE_FAULT
 from engine.models import Flavour, JobKind
 from engine.proxmox import VmInfo
 from engine.service import InstanceView, Provisioner
@@ -63,6 +64,14 @@ def instance_out(view: InstanceView) -> InstanceOut:
                 "NoCloud seed (is the seed URL reachable from the guest network?) or failed before its final stage"
             ),
             created=iso(instance.created_at),
+        )
+    elif state is VisaState.ERROR and view.delete_overdue:
+        fault = FaultOut(
+            message=DELETE_FAULT,
+            code=500,
+            details=(instance.fault_message == DELETE_FAULT and instance.fault_details)
+            or "the delete has not finished",
+            created=iso(instance.delete_requested_at or instance.updated_at),
         )
     elif state is VisaState.ERROR:
         fault = FaultOut(

@@ -42,6 +42,8 @@ def visa_state(view: InstanceView) -> VisaState:
         return VisaState.BUILDING
     if lifecycle is Lifecycle.ERROR:
         return VisaState.ERROR
+    if lifecycle is Lifecycle.DELETING and view.delete_overdue:
+        return VisaState.ERROR  # never DELETED while the VM is still there and its deletes keep failing
     if lifecycle in (Lifecycle.DELETING, Lifecycle.DELETED):
         return VisaState.DELETED
     if view.active_job in TRANSITIONS:

@@ -17,24 +17,23 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
-
-from engine.db import Database
-from engine.jobs.kinds import KINDS, apply_outcome, host_variables
+from engine.jobs.kinds import KINDS, host_variables
+from engine.jobs.processes import kill_run, scrub_run_inputs
 from engine.jobs.redact import Redactor
 from engine.jobs.runner import ADDRESS, EventRecord, HostOutcome, PlaybookRun, RunOutcome
 from engine.metrics import BATCH_SIZE, JOBS_FINISHED, RUN_SECONDS
-from engine.models import Instance, Job, JobEvent, JobKind, JobState, utcnow
+from engine.models import Job, JobEvent, JobKind, JobState, utcnow
 from engine.settings import Settings
+from engine.store import Finished, Store, aware
 
 log = logging.getLogger(__name__)
 
 RETRY_BACKOFF_S = 30
+OVERDUE_GRACE_S = 60  # past the job timeout, which ansible-runner enforces itself, before the dispatcher steps in
 
 
 def host_name(instance_id: int) -> str:
@@ -56,14 +55,14 @@ class ExecutorConfig:
 class Executor:
     def __init__(
         self,
-        db: Database,
+        store: Store,
         config: ExecutorConfig,
         env: dict[str, str],
         secrets: list[str],
         settings: Settings,
         after_run: Callable[[], None],
     ) -> None:
-        self._db = db
+        self._store = store
         self._config = config
         self._env = env
         self._secrets = secrets
@@ -101,47 +100,24 @@ class Executor:
         self._wake.set()
 
     def recover(self) -> int:
-        """Jobs left running by a crash go back to pending (or fail, for the non-idempotent ones)."""
-        with self._db.session() as session:
-            stale = list(session.scalars(select(Job).where(Job.state == JobState.RUNNING)))
-            for job in stale:
-                job.run_id = None
-                if KINDS[JobKind(job.kind)].rerun_after_crash:
-                    job.state = JobState.PENDING
-                else:
-                    job.state = JobState.FAILED
-                    job.error = "interrupted by a service restart; not repeated"
-                    job.finished_at = utcnow()
-            return len(stale)
+        """What a crash left RUNNING: its playbook processes killed, then its jobs back to pending (or failed,
+        for the kinds that must not run twice)."""
+        for run in self._store.stale_runs():
+            kill_run(run)
+        scrub_run_inputs(self._config.runs_dir)
+        return self._store.recover()
 
     # --- cancel
 
     def cancel(self, job_id: str) -> Job | None:
         """Cancel a pending job at once; a running one stops with its run once every job in it asked."""
-        with self._db.session() as session:
-            job = session.get(Job, job_id)
-            if job is None:
-                return None
-            if job.state == JobState.PENDING:
-                job.state = JobState.CANCELED
-                job.finished_at = utcnow()
-                job.error = "canceled before it ran"
-                instance = session.get(Instance, job.instance_id)
-                if instance is not None:
-                    apply_outcome(job, instance, HostOutcome(ok=False, error=job.error))
-            elif job.state == JobState.RUNNING:
-                job.cancel_requested = True
-                session.flush()
-                pending = session.scalar(
-                    select(Job.id).where(Job.run_id == job.run_id, Job.cancel_requested.is_(False)).limit(1)
-                )
-                if pending is None:
-                    with self._cancels_lock:
-                        event = self._cancels.get(job.run_id or "")
-                    if event is not None:
-                        event.set()
-            session.expunge(job)
-            return job
+        job, stop_run = self._store.cancel(job_id)
+        if stop_run is not None:
+            with self._cancels_lock:
+                event = self._cancels.get(stop_run)
+            if event is not None:
+                event.set()
+        return job
 
     # --- dispatching
 
@@ -150,6 +126,7 @@ class Executor:
             self._wake.wait(1.0)
             self._wake.clear()
             try:
+                self._give_up_overdue_runs()
                 while not self._stop.is_set() and self._dispatch_once():
                     pass
             except Exception:
@@ -171,45 +148,40 @@ class Executor:
 
     def _claim_batch(self, idle_runs: int = 1) -> tuple[str, list[str]] | None:
         """The next batch, sized to spread the ready jobs of its kind over idle_runs runs."""
-        now = utcnow()
-        with self._db.session() as session:
-            busy = set(session.scalars(select(Job.instance_id).where(Job.state == JobState.RUNNING)))
-            pending = session.scalars(select(Job).where(Job.state == JobState.PENDING).order_by(Job.created_at))
-            seen: set[int] = set()
-            ready: list[Job] = []
-            for job in pending:
-                first_for_instance = job.instance_id not in seen
-                seen.add(job.instance_id)
-                if not first_for_instance or job.instance_id in busy:
-                    continue
-                if job.not_before is not None and _aware(job.not_before) > now:
-                    continue
-                ready.append(job)
-            if not ready:
-                return None
-            kind = ready[0].kind
-            candidates = [job for job in ready if job.kind == kind]
-            oldest = _aware(candidates[0].created_at)
-            window = timedelta(seconds=self._config.batch_window_s)
-            if len(candidates) < self._config.max_batch and now - oldest < window:
-                self._schedule_wake(self._config.batch_window_s - (now - oldest).total_seconds())
-                return None
-            # Spread the ready jobs over the idle runs: each run's controller process is single-threaded, so one
-            # run of 50 VMs keeps one core busy where two runs of 25 use both.
-            batch = candidates[: min(self._config.max_batch, -(-len(candidates) // idle_runs))]
-            run_id = str(uuid.uuid4())
-            ids = [job.id for job in batch]
-            session.execute(
-                update(Job)
-                .where(Job.id.in_(ids), Job.state == JobState.PENDING)
-                .values(state=JobState.RUNNING, run_id=run_id, started_at=now, attempts=Job.attempts + 1)
-            )
-            return run_id, ids
+        run_id = str(uuid.uuid4())
+        claimed = self._store.claim(lambda ready, now: self._choose(ready, now, idle_runs), run_id)
+        return (run_id, claimed) if claimed else None
+
+    def _choose(self, ready: list[Job], now: datetime, idle_runs: int) -> list[Job]:
+        if not ready:
+            return []
+        kind = ready[0].kind
+        candidates = [job for job in ready if job.kind == kind]
+        oldest = aware(candidates[0].created_at)
+        window = timedelta(seconds=self._config.batch_window_s)
+        if len(candidates) < self._config.max_batch and now - oldest < window:
+            self._schedule_wake(self._config.batch_window_s - (now - oldest).total_seconds())
+            return []
+        # Spread the ready jobs over the idle runs: each run's controller process is single-threaded, so one
+        # run of 50 VMs keeps one core busy where two runs of 25 use both.
+        return candidates[: min(self._config.max_batch, -(-len(candidates) // idle_runs))]
 
     def _schedule_wake(self, delay_s: float) -> None:
         timer = threading.Timer(max(0.01, delay_s), self._wake.set)
         timer.daemon = True
         timer.start()
+
+    def _give_up_overdue_runs(self) -> None:
+        """Runs still RUNNING well past the job timeout (their worker is stuck): killed, their jobs failed."""
+        deadline = utcnow() - timedelta(seconds=self._config.job_timeout_s + OVERDUE_GRACE_S)
+        for run in self._store.overdue_runs(deadline):
+            log.error("run %s outlived its timeout; killing it and failing its jobs", run.run_id)
+            with self._cancels_lock:
+                event = self._cancels.get(run.run_id)
+            if event is not None:
+                event.set()
+            kill_run(run)
+            self._store.fail_run(run.run_id, f"the playbook run did not end within {self._config.job_timeout_s} s")
 
     # --- running
 
@@ -219,7 +191,9 @@ class Executor:
             self._execute(run_id, job_ids)
         except Exception:
             log.exception("run %s crashed", run_id)
-            self._finish_all(job_ids, RunOutcome("error", None, {}, "internal error while running the playbook"))
+            self._finish_all(
+                run_id, job_ids, RunOutcome("error", None, {}, "internal error while running the playbook")
+            )
         finally:
             with self._cancels_lock:
                 self._cancels.pop(run_id, None)
@@ -230,17 +204,17 @@ class Executor:
             self._wake.set()
 
     def _execute(self, run_id: str, job_ids: list[str]) -> None:
-        with self._db.session() as session:
-            jobs = list(session.scalars(select(Job).where(Job.id.in_(job_ids))))
-            kind = JobKind(jobs[0].kind)
-            hostvars: dict[str, dict[str, Any]] = {}
-            secrets = list(self._secrets)
-            for job in jobs:
-                instance = session.get(Instance, job.instance_id)
-                assert instance is not None
-                hostvars[host_name(instance.id)] = host_variables(self._settings, job, instance)
-                secrets.append(instance.seed_token)
-            host_jobs = {host_name(job.instance_id): job.id for job in jobs}
+        hostvars: dict[str, dict[str, Any]] = {}
+        secrets = list(self._secrets)
+        host_jobs: dict[str, str] = {}
+        kind = None
+        for job, instance in self._store.run_jobs(job_ids):
+            kind = JobKind(job.kind)
+            hostvars[host_name(instance.id)] = host_variables(self._settings, job, instance)
+            host_jobs[host_name(instance.id)] = job.id
+            secrets.append(instance.seed_token)
+        if kind is None:
+            return
         cancel = threading.Event()
         with self._cancels_lock:
             self._cancels[run_id] = cancel
@@ -256,12 +230,13 @@ class Executor:
             redactor=Redactor(secrets),
             timeout_s=self._config.job_timeout_s,
             sink=lambda records: self._store_events(host_jobs, records),
+            on_process=lambda pgid: self._store.record_run_process(run_id, pgid),
         )
         BATCH_SIZE.observe(len(hostvars))
         with RUN_SECONDS.labels(KINDS[kind].playbook).time():
             outcome = run.execute(cancel)
         log.info("run %s finished: %s", run_id, outcome.status)
-        self._finish_all(job_ids, outcome)
+        self._finish_all(run_id, list(host_jobs.values()), outcome)
 
     def _store_events(self, host_jobs: dict[str, str], records: list[EventRecord]) -> None:
         rows = []
@@ -279,57 +254,43 @@ class Executor:
                 )
                 for job_id in targets
             ]
-        with self._db.session() as session:
-            session.add_all(rows)
+        self._store.add_events(rows)
 
-    def _finish_all(self, job_ids: list[str], outcome: RunOutcome) -> None:
-        with self._db.session() as session:
-            for job in session.scalars(select(Job).where(Job.id.in_(job_ids))):
-                instance = session.get(Instance, job.instance_id)
-                host = outcome.hosts.get(host_name(job.instance_id)) or HostOutcome(
-                    ok=False, error=outcome.explanation or "the playbook did not run"
-                )
-                self._finish(session, job, instance, host, outcome)
+    def _finish_all(self, run_id: str, job_ids: list[str], outcome: RunOutcome) -> None:
+        finished = [self._finished(job, outcome) for job, _instance in self._store.run_jobs(job_ids)]
+        for job in self._store.finish(run_id, finished, RETRY_BACKOFF_S):
+            if JobState(job.state).finished:
+                JOBS_FINISHED.labels(job.kind, job.state).inc()
 
-    def _finish(
-        self, session: Session, job: Job, instance: Instance | None, host: HostOutcome, outcome: RunOutcome
-    ) -> None:
-        if self._stop.is_set() and outcome.status == "canceled" and not job.cancel_requested:
-            # Interrupted by our own shutdown, not by a user: run it again at the next start.
-            job.state, job.run_id, job.started_at = JobState.PENDING, None, None
-            job.attempts = max(0, job.attempts - 1)
-            return
-        job.finished_at = utcnow()
-        job.result = {
+    def _finished(self, job: Job, outcome: RunOutcome) -> Finished:
+        host = outcome.hosts.get(host_name(job.instance_id)) or HostOutcome(
+            ok=False, error=outcome.explanation or "the playbook did not run"
+        )
+        result: dict[str, Any] = {
             "run_status": outcome.status,
             "rc": outcome.rc,
             "changed": host.changed,
             **({"address": host.facts[ADDRESS]} if ADDRESS in host.facts else {}),
+            **({"failed_task": host.failed_task} if host.failed_task and not host.ok else {}),
         }
         if host.ok:
-            job.state = JobState.SUCCESSFUL
-            job.error = None
+            state = JobState.SUCCESSFUL
         elif outcome.status == "canceled":
-            job.state = JobState.CANCELED
-            job.error = host.error
-        elif job.attempts < job.max_attempts:
-            job.state = JobState.PENDING
-            job.run_id = None
-            job.error = host.error
-            job.not_before = utcnow() + timedelta(seconds=RETRY_BACKOFF_S * job.attempts)
-            job.finished_at = None
-            return
+            state = JobState.CANCELED
         else:
-            job.state = JobState.FAILED if outcome.status != "error" else JobState.ERROR
-            job.error = host.error
-        if host.failed_task:
-            job.result["failed_task"] = host.failed_task
-        JOBS_FINISHED.labels(job.kind, job.state).inc()
-        if instance is not None:
-            apply_outcome(job, instance, host)
+            state = JobState.FAILED if outcome.status != "error" else JobState.ERROR
+        # Canceled by our own shutdown, not by a user: run it again at the next start.
+        interrupted = self._stop.is_set() and outcome.status == "canceled" and not job.cancel_requested
+        return Finished(job.id, host, result, state, interrupted)
 
     def _prune_runs(self) -> None:
-        runs = sorted((p for p in self._config.runs_dir.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+        """Keep the newest `keep_runs` finished runs' artifacts; never a run that is still going."""
+        with self._cancels_lock:
+            active = set(self._cancels)
+        runs = sorted(
+            (p for p in self._config.runs_dir.iterdir() if p.is_dir() and p.name not in active),
+            key=lambda p: p.stat().st_mtime,
+        )
         for old in runs[: max(0, len(runs) - self._config.keep_runs)]:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -344,10 +305,3 @@ def lower_priority(increment: int) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, min(19, max(current, increment)))
     except OSError:
         log.warning("could not lower the priority of the job worker thread")
-
-
-def _aware(moment: Any) -> Any:
-    """SQLite returns naive datetimes for timezone-aware columns; they were stored as UTC."""
-    from datetime import UTC
-
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

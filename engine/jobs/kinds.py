@@ -19,6 +19,15 @@ from engine.settings import Settings
 MANAGED_TAG = "provisioner"
 DISCOVERY_GROUP = "visa"
 
+# The fault of an instance whose deletes kept failing for longer than PROVISIONER_DELETE_ERROR_AFTER.
+DELETE_FAULT = "the instance could not be deleted"
+
+
+def owner_tag(settings: Settings) -> str | None:
+    """The tag that says a VM is this provider's (the reconciler adopts only VMs with it)."""
+    return f"{MANAGED_TAG}-{settings.provider_id[:16]}" if settings.provider_id else None
+
+
 Variables = Callable[[Settings, Job, Instance], dict[str, Any]]
 Finish = Callable[[Job, Instance, HostOutcome], None]
 
@@ -30,6 +39,7 @@ class Kind:
     finish: Finish
     # Run again from the start after a crash of the service (the playbook is idempotent)? A reboot is not.
     rerun_after_crash: bool = True
+    attempts: int = 1  # runs before the job fails (a failed run is retried with a growing backoff)
 
 
 def _create_variables(settings: Settings, job: Job, instance: Instance) -> dict[str, Any]:
@@ -40,7 +50,7 @@ def _create_variables(settings: Settings, job: Job, instance: Instance) -> dict[
         "vm_cores": instance.cores,
         "vm_memory_mb": instance.memory_mb,
         "vm_disk_gb": instance.disk_gb,
-        "vm_tags": [MANAGED_TAG],
+        "vm_tags": [MANAGED_TAG, *([owner] if (owner := owner_tag(settings)) else [])],
         "vm_description": f"managed-by={MANAGED_TAG} instance={instance.id}",
         "vm_seed_url": f"{settings.seed_base_url}{instance.seed_token}/",
         "vm_firewall_groups": list(instance.security_groups),
@@ -79,11 +89,15 @@ def _created(job: Job, instance: Instance, outcome: HostOutcome) -> None:
         instance.fault_at = utcnow()
 
 
-def _deleted(_job: Job, instance: Instance, outcome: HostOutcome) -> None:
+def _deleted(job: Job, instance: Instance, outcome: HostOutcome) -> None:
     if outcome.ok:
         instance.lifecycle = Lifecycle.DELETED
         instance.deleted_at = utcnow()
         instance.address = None
+    elif instance.lifecycle == Lifecycle.DELETING:  # the VM is still there: the reconciler deletes it again later
+        instance.fault_message = DELETE_FAULT
+        instance.fault_details = outcome.error or job.error or "unknown error"
+        instance.fault_at = utcnow()
 
 
 def _unchanged(_job: Job, _instance: Instance, _outcome: HostOutcome) -> None:
@@ -92,7 +106,7 @@ def _unchanged(_job: Job, _instance: Instance, _outcome: HostOutcome) -> None:
 
 KINDS: dict[JobKind, Kind] = {
     JobKind.CREATE: Kind("create.yml", _create_variables, _created),
-    JobKind.DELETE: Kind("delete.yml", _stop_variables(force=True), _deleted),
+    JobKind.DELETE: Kind("delete.yml", _stop_variables(force=True), _deleted, attempts=5),
     JobKind.START: Kind("start.yml", _address_variables, _unchanged),
     JobKind.SHUTDOWN: Kind("stop.yml", _stop_variables(force=False), _unchanged),
     JobKind.STOP: Kind("stop.yml", _stop_variables(force=True), _unchanged),

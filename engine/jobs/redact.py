@@ -10,8 +10,9 @@ MASK = "********"
 
 class Redactor:
     def __init__(self, secrets: Iterable[str]) -> None:
-        # Longest first, so a secret containing another is masked whole.
-        self._secrets = sorted({s for s in secrets if s and len(s) >= 6}, key=len, reverse=True)
+        # Longest first, so a secret containing another is masked whole. Any length: a short secret masked in too
+        # many places is a nuisance, a short secret shown is a leak.
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
 
     def text(self, value: str) -> str:
         for secret in self._secrets:

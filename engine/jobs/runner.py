@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import ansible_runner
+import ansible_runner.interface
 
 from engine.jobs.redact import Redactor
 
@@ -77,12 +78,14 @@ class PlaybookRun:
     redactor: Redactor
     timeout_s: int
     sink: EventSink
+    on_process: Callable[[int], None] = lambda _pgid: None  # told the run's process group once it is known
     group: str = "batch"
     flush_every_s: float = 0.5
     _hosts: dict[str, HostOutcome] = field(default_factory=dict, init=False)
     _buffer: list[EventRecord] = field(default_factory=list, init=False)
     _buffer_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _last_flush: float = field(default=0.0, init=False)
+    _pgid: int | None = field(default=None, init=False)
 
     @property
     def private_data_dir(self) -> Path:
@@ -93,7 +96,7 @@ class PlaybookRun:
         pdd = self.private_data_dir
         pdd.mkdir(parents=True, mode=0o700, exist_ok=False)
         try:
-            runner = ansible_runner.run(
+            runner = ansible_runner.interface.init_runner(
                 private_data_dir=str(pdd),
                 project_dir=str(self.ansible_dir),
                 playbook=str(self.ansible_dir / "playbooks" / self.playbook),
@@ -109,6 +112,8 @@ class PlaybookRun:
                 status_handler=self._on_status,
                 cancel_callback=cancel.is_set,
             )
+            runner.config.env = allowed_environment(runner.config.env, self._environment())
+            runner.run()
         except Exception as exc:  # ansible-runner could not start the run at all
             log.exception("run %s could not start", self.run_id)
             return RunOutcome("error", None, self._hosts, f"the playbook run could not start: {type(exc).__name__}")
@@ -160,6 +165,8 @@ class PlaybookRun:
     # --- events
 
     def _on_event(self, event: dict[str, Any]) -> bool:
+        if self._pgid is None and isinstance(event.get("pid"), int):
+            self._note_process(event["pid"])
         data = event.get("event_data") or {}
         host = data.get("host")
         name = str(event.get("event") or "")
@@ -189,6 +196,15 @@ class PlaybookRun:
             self._buffer.append(record)
         self._flush()
         return False  # never write the event (with its module results) into the artifacts directory
+
+    def _note_process(self, pid: int) -> None:
+        try:
+            pgid = os.getpgid(pid)
+        except OSError:
+            return
+        if pgid != os.getpgid(0):  # pexpect starts ansible-playbook in a session of its own; never record ours
+            self._pgid = pgid
+            self.on_process(pgid)
 
     def _flush(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -223,6 +239,25 @@ class PlaybookRun:
         """Keep only the artifacts (stdout, status, rc); the inventory holds per-VM seed URLs."""
         for name in ("inventory", "env", "project"):
             shutil.rmtree(self.private_data_dir / name, ignore_errors=True)
+
+
+# What the playbook's processes may inherit from the service's environment: what finding programs, the locale and
+# TLS trust need. Secrets (the service's tokens, the database URL) stay out; what Ansible needs is given explicitly.
+INHERITED = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "TERM"}
+    | {"REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR", "CURL_CA_BUNDLE", "VIRTUAL_ENV"}
+)
+
+
+def allowed_environment(prepared: dict[str, str], given: dict[str, str]) -> dict[str, str]:
+    """ansible-runner's prepared environment (ours copied over os.environ, plus its callback plugin's settings)
+    without what came from the service's own environment, except the INHERITED names."""
+    ours = os.environ
+    return {
+        key: value
+        for key, value in prepared.items()
+        if key in given or key in INHERITED or key not in ours or ours[key] != value
+    }
 
 
 def _failure_message(res: dict[str, Any]) -> str:

@@ -1,0 +1,368 @@
+"""The store: every change of job and instance state, each a named transition.
+
+A transition is one write transaction (`Database.write`: the write lock from its first statement) that checks the
+state it starts from and changes it only if it still holds: a compare-and-set. Nothing else writes `jobs.state`
+or `instances.lifecycle`; the service, the executor and the reconciler call these methods, and the HTTP layers
+call the service.
+
+Job states: PENDING → RUNNING (claim) → SUCCESSFUL | FAILED | ERROR | CANCELED (finish), or back to PENDING
+(retry, interrupted, recovered); PENDING → CANCELED (cancel, supersede). A RUNNING job is finished only by the run
+that claimed it (its `run_id`), so a run that was given up on (recovered, timed out) cannot overwrite what
+happened since.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Select, Table, insert, select, update
+from sqlalchemy.orm import Session
+
+from engine.db import Database
+from engine.errors import Conflict, NotFound
+from engine.jobs.kinds import KINDS, apply_outcome
+from engine.jobs.runner import HostOutcome
+from engine.models import Instance, Job, JobEvent, JobKind, JobState, Lifecycle, utcnow
+
+OPEN = (JobState.PENDING, JobState.RUNNING)
+POWER_JOBS = (JobKind.START, JobKind.SHUTDOWN, JobKind.STOP, JobKind.REBOOT)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """How one job of a run ended, as the executor read it from the run."""
+
+    job_id: str
+    outcome: HostOutcome
+    result: dict[str, Any]
+    state: JobState  # SUCCESSFUL, FAILED, ERROR or CANCELED; FAILED may become a retry
+    interrupted: bool = False  # stopped by our own shutdown, not by a user: run it again at the next start
+
+
+@dataclass(frozen=True)
+class StaleRun:
+    run_id: str
+    pgid: int | None
+
+
+# Picks, among the ready jobs (the oldest job of each idle instance, if due; oldest first), those to run together.
+ClaimPolicy = Callable[[list[Job], datetime], list[Job]]
+
+
+class Store:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with self.db.session() as session:
+            yield session
+
+    # ------------------------------------------------------------ creates
+
+    @contextmanager
+    def creating(self) -> Iterator[Session]:
+        """The intake's transaction: it reads quota and reservations, then `add_creates` in the same lock."""
+        with self.db.write() as session:
+            yield session
+
+    @staticmethod
+    def add_creates(session: Session, instances: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> None:
+        """create: BUILDING instances, each with its PENDING create job (one multi-row INSERT per table)."""
+        session.execute(insert(cast(Table, Instance.__table__)), instances)
+        session.execute(insert(cast(Table, Job.__table__)), jobs)
+
+    # ------------------------------------------------------------ intents
+
+    def request_delete(self, vmid: int | None) -> Job:
+        """DELETING, its pending jobs superseded, and a delete job; the open delete if there is one already."""
+        with self.db.write() as session:
+            instance = _instance(session, vmid, gone=(Lifecycle.DELETED,))
+            open_delete = session.scalar(_open_jobs(instance.id).where(Job.kind == JobKind.DELETE))
+            if open_delete is not None:
+                return open_delete
+            self._supersede(session, instance.id, "superseded by delete")
+            if instance.lifecycle != Lifecycle.DELETING:
+                instance.lifecycle = Lifecycle.DELETING
+                instance.delete_requested_at = utcnow()
+            return _enqueue(session, instance.id, JobKind.DELETE, {}, max_attempts=KINDS[JobKind.DELETE].attempts)
+
+    def request_power(self, vmid: int | None, kind: JobKind) -> Job:
+        """A power job; the same request already waiting (not yet running) is that job, not a second one."""
+        assert kind in POWER_JOBS
+        with self.db.write() as session:
+            instance = _instance(session, vmid)
+            if instance.lifecycle == Lifecycle.BUILDING:
+                raise Conflict(f"instance {vmid} is still being built")
+            pending = list(session.scalars(_open_jobs(instance.id).order_by(Job.created_at)))
+            if pending and pending[-1].kind == kind and pending[-1].state == JobState.PENDING:
+                return pending[-1]
+            return _enqueue(session, instance.id, kind, {})
+
+    def change_groups(self, vmid: int | None, add: list[str], remove: list[str]) -> Job | None:
+        """The instance's security groups, read and written under the write lock (concurrent changes both count)."""
+        with self.db.write() as session:
+            instance = _instance(session, vmid, lock=True)
+            current = list(instance.security_groups)
+            wanted = [g for g in current if g not in remove] + [g for g in add if g not in current]
+            if wanted == current:
+                return None
+            instance.security_groups = wanted
+            # Queued behind a create that may already be running with the old list; idempotent either way.
+            return _enqueue(session, instance.id, JobKind.FIREWALL, {"add": add, "remove": remove})
+
+    def record_phone_home(self, instance_id: int, host_key: str | None) -> None:
+        with self.db.write() as session:
+            instance = _instance(session, instance_id)
+            instance.phoned_home_at = utcnow()
+            if host_key and host_key.strip():
+                instance.host_key = host_key.strip()[:1000]
+
+    # ------------------------------------------------------------ the executor's transitions
+
+    def claim(self, choose: ClaimPolicy, run_id: str) -> list[str]:
+        """claim: the jobs `choose` picks among the ready ones, PENDING → RUNNING under `run_id`; their ids."""
+        now = utcnow()
+        with self.db.write() as session:
+            busy = set(session.scalars(select(Job.instance_id).where(Job.state == JobState.RUNNING)))
+            pending = session.scalars(select(Job).where(Job.state == JobState.PENDING).order_by(Job.created_at))
+            seen: set[int] = set()
+            ready: list[Job] = []
+            for job in pending:
+                first_for_instance = job.instance_id not in seen
+                seen.add(job.instance_id)
+                if first_for_instance and job.instance_id not in busy and _due(job, now):
+                    ready.append(job)
+            chosen = [job.id for job in choose(ready, now)]
+            if not chosen:
+                return []
+            claimed = session.scalars(
+                update(Job)
+                .where(Job.id.in_(chosen), Job.state == JobState.PENDING)
+                .values(state=JobState.RUNNING, run_id=run_id, started_at=now, attempts=Job.attempts + 1)
+                .returning(Job.id)
+            )
+            return list(claimed)
+
+    def record_run_process(self, run_id: str, pgid: int) -> None:
+        """The process group of a run's ansible-playbook, so a restart can kill what a crash left running."""
+        with self.db.write() as session:
+            session.execute(
+                update(Job).where(Job.run_id == run_id, Job.state == JobState.RUNNING).values(run_pgid=pgid)
+            )
+
+    def run_jobs(self, job_ids: Sequence[str]) -> list[tuple[Job, Instance]]:
+        with self.db.session() as session:
+            jobs = session.scalars(select(Job).where(Job.id.in_(job_ids)).order_by(Job.created_at))
+            return [(job, session.get_one(Instance, job.instance_id)) for job in jobs]
+
+    def finish(self, run_id: str, finished: list[Finished], retry_backoff_s: float) -> list[Job]:
+        """finish / retry / interrupted, for each job still RUNNING under run_id; the jobs it changed."""
+        changed = []
+        with self.db.write() as session:
+            for item in finished:
+                job = session.scalar(
+                    select(Job).where(Job.id == item.job_id, Job.run_id == run_id, Job.state == JobState.RUNNING)
+                )
+                if job is None:  # given up on (recovered, timed out) while it ran: what happened since stands
+                    continue
+                changed.append(job)
+                if item.interrupted:
+                    job.state, job.run_id, job.started_at, job.run_pgid = JobState.PENDING, None, None, None
+                    job.attempts = max(0, job.attempts - 1)
+                    continue
+                job.result = item.result
+                job.error = item.outcome.error if not item.outcome.ok else None
+                job.run_pgid = None
+                if item.state == JobState.FAILED and job.attempts < job.max_attempts:
+                    job.state, job.run_id = JobState.PENDING, None
+                    job.not_before = utcnow() + timedelta(seconds=retry_backoff_s * job.attempts)
+                    continue
+                job.state = item.state
+                job.finished_at = utcnow()
+                instance = session.get(Instance, job.instance_id)
+                if instance is not None:
+                    apply_outcome(job, instance, item.outcome)
+        return changed
+
+    def cancel(self, job_id: str) -> tuple[Job | None, str | None]:
+        """cancel: a PENDING job at once; a RUNNING one is marked. The job, and the run to stop if every job of it
+        asked to be canceled."""
+        with self.db.write() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                return None, None
+            stop_run = None
+            if job.state == JobState.PENDING:
+                self._cancel_pending(session, job, "canceled before it ran")
+            elif job.state == JobState.RUNNING:
+                job.cancel_requested = True
+                session.flush()
+                others = session.scalar(
+                    select(Job.id).where(Job.run_id == job.run_id, Job.cancel_requested.is_(False)).limit(1)
+                )
+                stop_run = job.run_id if others is None else None
+            session.flush()
+            session.expunge(job)
+            return job, stop_run
+
+    def stale_runs(self) -> list[StaleRun]:
+        """The runs a crashed service left RUNNING (to kill before `recover`)."""
+        with self.db.session() as session:
+            rows = session.execute(select(Job.run_id, Job.run_pgid).where(Job.state == JobState.RUNNING).distinct())
+            return [StaleRun(run_id, pgid) for run_id, pgid in rows if run_id]
+
+    def recover(self) -> int:
+        """Jobs left RUNNING by a crash go back to PENDING, or fail for the kinds that must not run twice."""
+        with self.db.write() as session:
+            stale = list(session.scalars(select(Job).where(Job.state == JobState.RUNNING)))
+            for job in stale:
+                job.run_id, job.run_pgid = None, None
+                if KINDS[JobKind(job.kind)].rerun_after_crash:
+                    job.state = JobState.PENDING
+                else:
+                    self._end(session, job, JobState.FAILED, "interrupted by a service restart; not repeated")
+            return len(stale)
+
+    def overdue_runs(self, started_before: datetime) -> list[StaleRun]:
+        with self.db.session() as session:
+            rows = session.execute(
+                select(Job.run_id, Job.run_pgid)
+                .where(Job.state == JobState.RUNNING, Job.started_at < started_before)
+                .distinct()
+            )
+            return [StaleRun(run_id, pgid) for run_id, pgid in rows if run_id]
+
+    def fail_run(self, run_id: str, error: str) -> int:
+        """A run given up on (it outlived its timeout): its RUNNING jobs end in ERROR."""
+        with self.db.write() as session:
+            jobs = list(session.scalars(select(Job).where(Job.run_id == run_id, Job.state == JobState.RUNNING)))
+            for job in jobs:
+                self._end(session, job, JobState.ERROR, error)
+            return len(jobs)
+
+    def add_events(self, rows: list[JobEvent]) -> None:
+        with self.db.session() as session:
+            session.add_all(rows)
+
+    # ------------------------------------------------------------ the reconciler's transitions
+
+    def follow_vm(self, vmid: int, node: str, address: str | None) -> None:
+        """A provisioned instance's node (it follows migrations) and, when it has none, its address."""
+        with self.db.write() as session:
+            instance = session.get(Instance, vmid)
+            if instance is None or instance.lifecycle != Lifecycle.PROVISIONED:
+                return
+            instance.node = node
+            if address and not instance.address:
+                instance.address = address
+
+    def mark_vanished(self, vmid: int) -> bool:
+        """PROVISIONED → DELETED for a VM gone from Proxmox, unless a job of it is open."""
+        with self.db.write() as session:
+            instance = session.get(Instance, vmid)
+            if instance is None or instance.lifecycle != Lifecycle.PROVISIONED:
+                return False
+            if session.scalar(_open_jobs(vmid).limit(1)) is not None:
+                return False
+            _deleted(instance)
+            return True
+
+    def retry_delete(self, vmid: int, not_before: datetime) -> Job | None:
+        """A new delete job for a DELETING instance whose deletes all failed (the VM is still there)."""
+        with self.db.write() as session:
+            instance = session.get(Instance, vmid)
+            if instance is None or instance.lifecycle != Lifecycle.DELETING:
+                return None
+            if session.scalar(_open_jobs(vmid).limit(1)) is not None:
+                return None
+            job = _enqueue(session, vmid, JobKind.DELETE, {}, max_attempts=1)
+            job.not_before = not_before
+            return job
+
+    def confirm_deleted(self, vmid: int) -> bool:
+        """DELETING → DELETED once the VM is gone from Proxmox and no delete is running."""
+        with self.db.write() as session:
+            instance = session.get(Instance, vmid)
+            if instance is None or instance.lifecycle != Lifecycle.DELETING:
+                return False
+            if session.scalar(_open_jobs(vmid).where(Job.state == JobState.RUNNING).limit(1)) is not None:
+                return False
+            self._supersede(session, vmid, "the VM is gone")
+            _deleted(instance)
+            return True
+
+    def adopt(self, row: dict[str, Any]) -> bool:
+        """An instance for a VM of ours the store does not know (after data loss); False if it appeared meanwhile."""
+        with self.db.write() as session:
+            if session.get(Instance, row["id"]) is not None:
+                return False
+            session.add(Instance(**row, lifecycle=Lifecycle.PROVISIONED, adopted=True))
+            return True
+
+    # ------------------------------------------------------------ helpers
+
+    def _supersede(self, session: Session, vmid: int, reason: str) -> None:
+        for job in session.scalars(select(Job).where(Job.instance_id == vmid, Job.state == JobState.PENDING)):
+            self._end(session, job, JobState.CANCELED, reason)
+
+    def _cancel_pending(self, session: Session, job: Job, reason: str) -> None:
+        self._end(session, job, JobState.CANCELED, reason)
+        instance = session.get(Instance, job.instance_id)
+        if instance is not None:
+            apply_outcome(job, instance, HostOutcome(ok=False, error=reason))
+
+    @staticmethod
+    def _end(_session: Session, job: Job, state: JobState, error: str) -> None:
+        job.state, job.error, job.finished_at, job.run_pgid = state, error, utcnow(), None
+
+
+def _enqueue(session: Session, vmid: int, kind: JobKind, params: dict[str, Any], max_attempts: int = 1) -> Job:
+    job = Job(
+        id=str(uuid.uuid4()),
+        kind=kind,
+        instance_id=vmid,
+        params=params,
+        state=JobState.PENDING,
+        max_attempts=max_attempts,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def _instance(
+    session: Session,
+    vmid: int | None,
+    gone: tuple[Lifecycle, ...] = (Lifecycle.DELETED, Lifecycle.DELETING),
+    lock: bool = False,
+) -> Instance:
+    query = select(Instance).where(Instance.id == vmid)
+    instance = session.scalar(query.with_for_update() if lock else query) if vmid is not None else None
+    if instance is None or instance.lifecycle in gone:
+        raise NotFound(f"instance {vmid!r} does not exist")
+    return instance
+
+
+def _open_jobs(vmid: int) -> Select[Job]:
+    return select(Job).where(Job.instance_id == vmid, Job.state.in_(OPEN))
+
+
+def _deleted(instance: Instance) -> None:
+    instance.lifecycle = Lifecycle.DELETED
+    instance.deleted_at = utcnow()
+    instance.address = None
+
+
+def _due(job: Job, now: datetime) -> bool:
+    return job.not_before is None or aware(job.not_before) <= now
+
+
+def aware(moment: datetime) -> datetime:
+    """SQLite returns naive datetimes for timezone-aware columns; they were stored as UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
