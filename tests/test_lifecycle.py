@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,11 @@ def test_security_groups_follow_visa_add_and_remove(created: dict[str, Any], ser
     assert service.client.post(path, json={}).status_code == 400
 
 
+# In the service's environment from the start, as a deployment's secrets are: the playbooks must not inherit it.
+SERVICE_ONLY_SECRET = "service-only-secret-value"
+os.environ["PROVISIONER_TEST_SERVICE_ONLY_SECRET"] = SERVICE_ONLY_SECRET
+
+
 def test_no_secret_reaches_the_artifacts_or_events(created: dict[str, Any], service: LiveService, simulator: Any):
     secret = simulator.token_secret
     url = seed_url(simulator, created["id"])
@@ -161,6 +167,7 @@ def test_no_secret_reaches_the_artifacts_or_events(created: dict[str, Any], serv
         text = path.read_text(encoding="utf-8", errors="replace")
         assert secret not in text, path
         assert token not in text, path
+        assert SERVICE_ONLY_SECRET not in text and "PROVISIONER_TEST_SERVICE_ONLY_SECRET" not in text, path
     events = service.client.get("/v1/jobs", params={"instance_id": created["id"]}).json()
     for job in events:
         dump = service.client.get(f"/v1/jobs/{job['id']}/events").text

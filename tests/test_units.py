@@ -11,13 +11,15 @@ import yaml
 
 from engine import cloudinit
 from engine.flavours import FlavourFileError, read_flavour_file
+from engine.jobs.kinds import DELETE_FAULT
 from engine.jobs.redact import MASK, Redactor
-from engine.models import Instance, Lifecycle
+from engine.models import Instance, Lifecycle, utcnow
 from engine.naming import hostname, vm_name
 from engine.placement import GiB, NoCapacity, Request, Reservation, choose_node, node_loads
 from engine.proxmox import NodeInfo, Snapshot, VmInfo, disk_storages, first_global_ipv4
 from engine.service import InstanceView
 from engine.sshkeys import InvalidSSHKey, normalise_key, site_keys
+from web_provider.routes import instance_out
 from web_provider.schemas import iso
 from web_provider.states import VisaState, visa_state
 
@@ -139,9 +141,10 @@ def _view(
     snapshot_ok: bool = True,
     lock: str | None = None,
     overdue: bool = False,
+    delete_overdue: bool = False,
 ) -> InstanceView:
     instance = Instance(id=100, name="n", lifecycle=lifecycle, address=address)
-    return InstanceView(instance, job, status, lock, snapshot_ok, seed_overdue=overdue)
+    return InstanceView(instance, job, status, lock, snapshot_ok, seed_overdue=overdue, delete_overdue=delete_overdue)
 
 
 @pytest.mark.parametrize(
@@ -150,6 +153,7 @@ def _view(
         (_view(Lifecycle.BUILDING, "create", None), VisaState.BUILDING),
         (_view(Lifecycle.ERROR), VisaState.ERROR),
         (_view(Lifecycle.DELETING, "delete"), VisaState.DELETED),
+        (_view(Lifecycle.DELETING, delete_overdue=True), VisaState.ERROR),  # never DELETED while the VM stays
         (_view(Lifecycle.PROVISIONED), VisaState.ACTIVE),
         (_view(Lifecycle.PROVISIONED, address=None), VisaState.STARTING),
         (_view(Lifecycle.PROVISIONED, "start", "stopped"), VisaState.STARTING),
@@ -172,6 +176,15 @@ def _view(
 def test_visa_state_mapping(view: InstanceView, state: VisaState):
     assert visa_state(view) is state
     assert state.value.isupper()
+
+
+def test_an_instance_whose_deletes_keep_failing_shows_the_delete_fault():
+    view = _view(Lifecycle.DELETING, delete_overdue=True)
+    view.instance.fault_message, view.instance.fault_details = DELETE_FAULT, "VM 100 is locked (backup)"
+    view.instance.delete_requested_at = view.instance.updated_at = view.instance.created_at = utcnow()
+    view.instance.image_id, view.instance.flavour_id, view.instance.security_groups = "9000", "small", []
+    fault = instance_out(view).fault
+    assert fault is not None and (fault.message, fault.details) == (DELETE_FAULT, "VM 100 is locked (backup)")
 
 
 def test_redactor_masks_secrets_everywhere():
