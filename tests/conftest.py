@@ -58,11 +58,13 @@ def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 class LiveService:
     """The whole service on 127.0.0.1:<free port>, with an httpx client that sends the VISA token."""
 
-    def __init__(self, runtime: Runtime, sock: socket.socket) -> None:
+    def __init__(self, runtime: Runtime, sock: socket.socket, root_path: str = "") -> None:
         self.runtime = runtime
         self.port = sock.getsockname()[1]
         self.base = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(runtime), log_level="warning", access_log=False, lifespan="on")
+        config = uvicorn.Config(
+            create_app(runtime), log_level="warning", access_log=False, lifespan="on", root_path=root_path
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
@@ -111,9 +113,10 @@ class LiveService:
 
 
 def start_service(
-    tmp_path: Path, simulator: Any, registry: RegistrySettings | None = None, **overrides: Any
+    tmp_path: Path, simulator: Any, registry: RegistrySettings | None = None, root_path: str = "", **overrides: Any
 ) -> LiveService:
-    """The service on a free port; no discovery registry unless `discovery_enabled=True` (then on `registry`)."""
+    """The service on a free port; no discovery registry unless `discovery_enabled=True` (then on `registry`);
+    `root_path` as uvicorn's --root-path (the service behind a proxy that strips that prefix)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     if getattr(simulator, "guest_gateway", None):  # real guests reach the seeds at the gateway, forwarded here
@@ -141,7 +144,7 @@ def start_service(
         timeout_s=10,
         verify=str(simulator.cafile),
     )
-    return LiveService(Runtime(settings, connection=connection, registry_settings=registry), sock)
+    return LiveService(Runtime(settings, connection=connection, registry_settings=registry), sock, root_path)
 
 
 def require_real_guests(kind: str) -> None:

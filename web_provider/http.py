@@ -9,6 +9,7 @@ import re
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette._utils import get_route_path
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -45,8 +46,10 @@ class VisaGuard:
         self.expected = token.encode() if token is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] != "http" or not is_api(path):
+        # The path the router matches (Starlette's own rule): scope["path"] begins with the root path, which uvicorn's
+        # --root-path and a Mount set, so checking it instead would let every /api route through unauthenticated.
+        path = get_route_path(scope) if scope["type"] == "http" else ""
+        if not is_api(path):
             await self.app(scope, receive, send)
             return
         if self.expected is not None:
