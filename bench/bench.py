@@ -51,6 +51,7 @@ from proxmoxer import ProxmoxAPI
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-token-0123456789"
+OPERATOR_TOKEN = "bench-operator-token-0123456789"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHVmPnHqL3iOx0hB3fm4tJq0pS0KyfHlLQ0n8Qd3JYJb bench@example.org"
 REFERENCE = {
     "creates_ok_of_50": 3,
@@ -128,6 +129,7 @@ class Processes:
             VISA_WEB_PROVIDER_PROXMOX_PASSWORD=self.secret,
             PROVISIONER_PROXMOX_CA_FILE=self.ca,
             VISA_WEB_PROVIDER_PROXMOX_SERVER_AUTH_TOKEN=TOKEN,
+            PROVISIONER_OPERATOR_TOKEN=OPERATOR_TOKEN,
             VISA_WEB_PROVIDER_PROXMOX_SERVER_PORT=str(self.port),
             PROVISIONER_STATE_DIR=str(workdir / "service"),
             PROVISIONER_SSH_PUBLIC_KEYS=KEY,

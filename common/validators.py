@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from iso3166 import countries_by_alpha2
+
+MIN_TOKEN_LENGTH = 16
+# Visible ASCII: what an HTTP header carries unchanged, so a pasted newline or space cannot silently lock clients out.
+TOKEN_CHARACTERS = re.compile(r"[\x21-\x7e]+")
 
 
 def country_code(value: str) -> str:
@@ -19,3 +24,11 @@ def ip_address(value: str) -> str:
         return str(ipaddress.ip_address(value))
     except ValueError:
         raise ValueError("must be an IPv4 or IPv6 address") from None
+
+
+def check_token(variable: str, value: str) -> None:
+    """A bearer secret the settings accept; the error names the variable, never the value."""
+    if len(value) < MIN_TOKEN_LENGTH:
+        raise ValueError(f"{variable} must be at least {MIN_TOKEN_LENGTH} characters long")
+    if not TOKEN_CHARACTERS.fullmatch(value):
+        raise ValueError(f"{variable} must be visible ASCII characters only (no spaces, tabs or line breaks)")

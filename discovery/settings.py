@@ -5,14 +5,19 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from common.validators import check_token
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class RegistrySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", populate_by_name=True)
+    # Errors never echo the input: it holds the read token.
+    model_config = SettingsConfigDict(
+        env_ignore_empty=True, extra="ignore", populate_by_name=True, hide_input_in_errors=True
+    )
 
     host: str = Field("127.0.0.1", validation_alias="DISCOVERY_HOST")
     # 0 picks a free port (tests, several registries on one machine).
@@ -28,6 +33,13 @@ class RegistrySettings(BaseSettings):
     state_dir: Path = Field(
         PROJECT_ROOT / ".run", validation_alias=AliasChoices("DISCOVERY_STATE_DIR", "PROVISIONER_STATE_DIR")
     )
+
+    @field_validator("read_token")
+    @classmethod
+    def _read_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_token("DISCOVERY_READ_TOKEN", value.get_secret_value())
+        return value
 
     @cached_property
     def db_url(self) -> str:

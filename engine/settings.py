@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from common.validators import country_code, ip_address
+from common.validators import check_token, country_code, ip_address
 
 REFERENCE = "VISA_WEB_PROVIDER_PROXMOX_"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -24,13 +24,17 @@ def env(*names: str) -> AliasChoices:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", populate_by_name=True)
+    # Errors never echo the input: it holds the tokens and the Proxmox password.
+    model_config = SettingsConfigDict(
+        env_ignore_empty=True, extra="ignore", populate_by_name=True, hide_input_in_errors=True
+    )
 
     # --- HTTP service (reference names)
     server_host: str = Field("127.0.0.1", validation_alias=env(REFERENCE + "SERVER_HOST"))
     server_port: int = Field(4000, ge=1, le=65535, validation_alias=env(REFERENCE + "SERVER_PORT"))
     auth_token: SecretStr | None = Field(None, validation_alias=env(REFERENCE + "SERVER_AUTH_TOKEN"))
     insecure_no_auth: bool = Field(False, validation_alias=env("PROVISIONER_INSECURE_NO_AUTH"))
+    operator_api: bool = Field(True, validation_alias=env("PROVISIONER_OPERATOR_API"))
     operator_token: SecretStr | None = Field(None, validation_alias=env("PROVISIONER_OPERATOR_TOKEN"))
 
     # --- Proxmox (reference names); no endpoint means "run the embedded simulator"
@@ -151,18 +155,32 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        if self.auth_token is None and not self.insecure_no_auth:
-            raise ValueError(
-                f"{REFERENCE}SERVER_AUTH_TOKEN is not set; refusing to serve without authentication "
-                "(set PROVISIONER_INSECURE_NO_AUTH=true for a development instance)"
-            )
-        if self.auth_token is not None and len(self.auth_token.get_secret_value()) < 8:
-            raise ValueError(f"{REFERENCE}SERVER_AUTH_TOKEN must be at least 8 characters")
+        self._check_credentials()
         if self.vmid_min > self.vmid_max:
             raise ValueError("PROVISIONER_VMID_MIN must not exceed PROVISIONER_VMID_MAX")
         if self.proxmox_endpoint and self.proxmox_password is None:
             raise ValueError(f"{REFERENCE}PASSWORD (password or API token secret) is required with an endpoint")
         return self
+
+    def _check_credentials(self) -> None:
+        tokens = {f"{REFERENCE}SERVER_AUTH_TOKEN": self.auth_token, "PROVISIONER_OPERATOR_TOKEN": self.operator_token}
+        if self.uses_token:  # a Proxmox API token secret is a bearer secret too; a password may hold spaces
+            tokens[f"{REFERENCE}PASSWORD"] = self.proxmox_password
+        for variable, secret in tokens.items():
+            if secret is not None:
+                check_token(variable, secret.get_secret_value())
+        if self.auth_token is None and not self.insecure_no_auth:
+            raise ValueError(
+                f"{REFERENCE}SERVER_AUTH_TOKEN is not set; refusing to serve without authentication "
+                "(set PROVISIONER_INSECURE_NO_AUTH=true for a development instance)"
+            )
+        if self.operator_api and self.operator_token is None and not self.insecure_no_auth:
+            raise ValueError(
+                "PROVISIONER_OPERATOR_TOKEN is not set; the operator API (/v1) needs its own token "
+                "(or set PROVISIONER_OPERATOR_API=false to serve without it)"
+            )
+        if self.auth_token is not None and self.auth_token == self.operator_token:
+            raise ValueError(f"PROVISIONER_OPERATOR_TOKEN must differ from {REFERENCE}SERVER_AUTH_TOKEN")
 
     # --- derived values
 

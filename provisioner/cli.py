@@ -15,33 +15,66 @@ import uvicorn
 from pydantic import ValidationError
 
 from common.files import write_private
+from discovery.settings import RegistrySettings
 from engine.db import Database
 from engine.flavours import FlavourFileError, FlavourSpec, list_flavours, read_flavour_file, upsert_flavour
 from engine.models import Flavour
 from engine.settings import REFERENCE, Settings
 from engine.sshkeys import InvalidSSHKey
 
+# The credentials `--dev-token` makes when the environment has none: setting, variable, file in the state directory.
+DEV_TOKENS = (
+    ("auth_token", REFERENCE + "SERVER_AUTH_TOKEN", "auth-token"),
+    ("operator_token", "PROVISIONER_OPERATOR_TOKEN", "operator-token"),
+)
 
-def _dev_token(state_dir: Path) -> str:
+
+def _dev_token(path: Path) -> str:
     """A token kept in the state directory (0600), made on first use: `make run` needs no configuration."""
-    path = state_dir / "auth-token"
     if path.exists():
         return path.read_text(encoding="utf-8").strip()
-    state_dir.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(24)
     write_private(path, token + "\n")
     return token
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides: dict[str, object] = {}
-    if args.dev_token and not os.environ.get(REFERENCE + "SERVER_AUTH_TOKEN"):
-        state_dir = Path(os.environ.get("PROVISIONER_STATE_DIR") or Settings.model_fields["state_dir"].default)
-        overrides["auth_token"] = _dev_token(state_dir)
+def _dev_tokens() -> dict[str, str]:
+    """The dev-mode tokens for the credentials the environment does not set, by setting name."""
+    state_dir = Path(os.environ.get("PROVISIONER_STATE_DIR") or Settings.model_fields["state_dir"].default)
+    return {
+        setting: _dev_token(state_dir / name) for setting, variable, name in DEV_TOKENS if not os.environ.get(variable)
+    }
+
+
+def _settings(made: dict[str, str]) -> Settings:
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(**made)  # type: ignore[arg-type]
     except ValidationError as exc:
         _exit_with_errors(exc)
+
+
+def _registry_settings(settings: Settings) -> RegistrySettings | None:
+    """The embedded registry's settings, checked before anything starts (None: no embedded registry)."""
+    if not settings.discovery_enabled or settings.discovery_url is not None:
+        return None
+    try:
+        return RegistrySettings(state_dir=settings.state_dir)
+    except ValidationError as exc:
+        _exit_with_errors(exc)
+
+
+def _announce_credentials(settings: Settings, made: dict[str, str]) -> None:
+    """Name each API's credential: a token this run made is printed (it is in the state directory), never one
+    from the environment."""
+    credentials = [("X-Auth-Token", "auth_token")]
+    if settings.operator_api:
+        credentials.append(("Operator token (/v1, Authorization: Bearer)", "operator_token"))
+    for label, setting in credentials:
+        if getattr(settings, setting) is None:
+            print(f"WARNING: {label}: none, authentication is disabled (PROVISIONER_INSECURE_NO_AUTH)", flush=True)
+        else:
+            print(f"{label}: {made.get(setting, '<from the environment>')}", flush=True)
 
 
 def _configure_logging() -> None:
@@ -60,10 +93,12 @@ def _exit_with_errors(exc: ValidationError) -> NoReturn:
 def run(args: argparse.Namespace) -> None:
     from provisioner.runtime import Runtime, create_app
 
-    settings = _settings(args)
+    made = _dev_tokens() if args.dev_token else {}
+    settings = _settings(made)
+    registry_settings = _registry_settings(settings)
     _configure_logging()
     try:
-        runtime = Runtime(settings)
+        runtime = Runtime(settings, registry_settings=registry_settings)
         read_flavour_file(settings.flavours_file)
     except (InvalidSSHKey, FlavourFileError) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
@@ -80,11 +115,7 @@ def run(args: argparse.Namespace) -> None:
     app = create_app(runtime)
     base = f"http://{settings.server_host}:{settings.server_port}"
     print(f"VISA web provider: {base}  (VISA_CLOUD_WEB_PROVIDER_URL={base})", flush=True)
-    if settings.auth_token:
-        shown = settings.auth_token.get_secret_value() if args.dev_token else "<from the environment>"
-        print(f"X-Auth-Token: {shown}", flush=True)
-    else:
-        print("WARNING: authentication is disabled (PROVISIONER_INSECURE_NO_AUTH)", flush=True)
+    _announce_credentials(settings, made)
     if settings.simulated:
         print(f"Proxmox: embedded simulator (state in {settings.state_dir / 'simulator'})", flush=True)
     uvicorn.run(
@@ -99,7 +130,6 @@ def run(args: argparse.Namespace) -> None:
 
 def discovery(_args: argparse.Namespace) -> None:
     from discovery.server import serve
-    from discovery.settings import RegistrySettings
 
     try:
         settings = RegistrySettings()
@@ -188,7 +218,8 @@ def main(argv: list[str] | None = None) -> None:
     run_parser.add_argument(
         "--dev-token",
         action="store_true",
-        help="without a configured token, make one in the state directory and print it",
+        help="for each API token the environment does not set (VISA, operator), make one in the state directory "
+        "and print it",
     )
     run_parser.set_defaults(func=run)
     flavour_parser = sub.add_parser("flavours", help="list, set, delete or import flavours (the service's database)")

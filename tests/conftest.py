@@ -23,6 +23,7 @@ from provisioner.runtime import Runtime, create_app
 from tests.guest_ssh import KeyPair
 
 TOKEN = "test-visa-token-0123456789"
+OPERATOR_TOKEN = "test-operator-token-0123456789"
 SITE_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHVmPnHqL3iOx0hB3fm4tJq0pS0KyfHlLQ0n8Qd3JYJb site@example.org"
 USER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBfw4Zz7wqdTd6a6cvSfbDX0Qf3u4s0aS2xUwW3Sb3cV user@example.org"
 MUTATING = ("POST", "PUT", "DELETE")
@@ -56,7 +57,8 @@ def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 class LiveService:
-    """The whole service on 127.0.0.1:<free port>, with an httpx client that sends the VISA token."""
+    """The whole service on 127.0.0.1:<free port>, with httpx clients: `client` sends the VISA token, `operator` the
+    operator token, `anonymous` none."""
 
     def __init__(self, runtime: Runtime, sock: socket.socket, root_path: str = "") -> None:
         self.runtime = runtime
@@ -70,6 +72,8 @@ class LiveService:
         self.thread.start()
         wait_for(lambda: self.server.started, timeout=30, what="the service to start")
         self.client = httpx.Client(base_url=self.base, headers={"X-Auth-Token": TOKEN}, timeout=30)
+        bearer = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+        self.operator = httpx.Client(base_url=self.base, headers=bearer, timeout=30)
         self.anonymous = httpx.Client(base_url=self.base, timeout=30)
 
     @property
@@ -78,6 +82,7 @@ class LiveService:
 
     def stop(self) -> None:
         self.client.close()
+        self.operator.close()
         self.anonymous.close()
         self.server.should_exit = True
         self.thread.join(timeout=30)
@@ -124,6 +129,7 @@ def start_service(
         overrides.setdefault("metadata_server", f"http://{reachable}/seed/")
     values: dict[str, Any] = {
         "auth_token": TOKEN,
+        "operator_token": OPERATOR_TOKEN,
         "state_dir": tmp_path,
         "server_host": "127.0.0.1",
         "server_port": sock.getsockname()[1],

@@ -15,7 +15,7 @@ from starlette.types import ASGIApp
 
 from engine.settings import Settings
 from provisioner.runtime import Runtime, create_app
-from tests.conftest import TOKEN, LiveService, start_service
+from tests.conftest import OPERATOR_TOKEN, TOKEN, LiveService, start_service
 from tests.test_visa_contract import ROUTES
 
 
@@ -30,7 +30,9 @@ def prefixed(tmp_path_factory: pytest.TempPathFactory, simulator: Any) -> Iterat
 def mounted(tmp_path: Path) -> Starlette:
     """The application mounted under /provider in another one, never started: every route that reaches the service
     fails, as when its store is gone."""
-    settings = Settings(auth_token=TOKEN, state_dir=tmp_path, discovery_enabled=False)  # type: ignore[call-arg]
+    settings = Settings(  # type: ignore[call-arg]
+        auth_token=TOKEN, operator_token=OPERATOR_TOKEN, state_dir=tmp_path, discovery_enabled=False
+    )
     return Starlette(routes=[Mount("/provider", app=create_app(Runtime(settings)))])
 
 
@@ -70,3 +72,11 @@ def test_get_one_instance_never_answers_5xx_when_mounted_under_a_prefix(tmp_path
     assert response.status_code == 200, response.text
     assert response.json()["state"] == "UNKNOWN" and response.json()["id"] == "100042"
     assert call(app, "GET", "/provider/api/instances", token).status_code == 500
+
+
+def test_each_api_takes_only_its_own_token(service: LiveService):
+    assert service.operator.get("/v1/jobs").status_code == 200
+    assert service.client.get("/v1/jobs").status_code == 401
+    assert service.anonymous.get("/v1/jobs", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 401
+    assert service.client.get("/api/images").status_code == 200
+    assert service.anonymous.get("/api/images", headers={"X-Auth-Token": OPERATOR_TOKEN}).status_code == 401

@@ -168,17 +168,17 @@ def test_no_secret_reaches_the_artifacts_or_events(created: dict[str, Any], serv
         assert secret not in text, path
         assert token not in text, path
         assert SERVICE_ONLY_SECRET not in text and "PROVISIONER_TEST_SERVICE_ONLY_SECRET" not in text, path
-    events = service.client.get("/v1/jobs", params={"instance_id": created["id"]}).json()
+    events = service.operator.get("/v1/jobs", params={"instance_id": created["id"]}).json()
     for job in events:
-        dump = service.client.get(f"/v1/jobs/{job['id']}/events").text
+        dump = service.operator.get(f"/v1/jobs/{job['id']}/events").text
         assert secret not in dump and token not in dump
 
 
 def test_jobs_are_visible_to_operators(created: dict[str, Any], service: LiveService):
-    jobs = service.client.get("/v1/jobs", params={"instance_id": created["id"]}).json()
+    jobs = service.operator.get("/v1/jobs", params={"instance_id": created["id"]}).json()
     create = next(j for j in jobs if j["kind"] == "create")
     assert create["state"] == "successful" and create["result"]["address"]
-    events = service.client.get(f"/v1/jobs/{create['id']}/events").json()
+    events = service.operator.get(f"/v1/jobs/{create['id']}/events").json()
     assert events and events[-1]["event"] == "playbook_on_stats"
     assert any(e["event"] == "runner_on_ok" for e in events)
     assert service.anonymous.get("/v1/jobs").status_code == 401

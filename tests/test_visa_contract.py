@@ -237,7 +237,7 @@ def test_get_instance_never_answers_5xx_when_our_store_fails(service: LiveServic
 
 
 def _jobs(service: LiveService, instance_id: str) -> list[dict]:
-    return service.client.get("/v1/jobs", params={"instance_id": instance_id}).json()
+    return service.operator.get("/v1/jobs", params={"instance_id": instance_id}).json()
 
 
 def test_a_repeated_delete_is_accepted_once(service: LiveService):
