@@ -6,42 +6,61 @@ import hmac
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, status
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
+from starlette._utils import get_route_path
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine.errors import NotFound, ProvisionerError
 from engine.flavours import FlavourSpec
 from engine.models import Job, JobState
 from engine.service import Provisioner
 
-
-class Unauthorized(ProvisionerError):
-    status = 401
-    code = "unauthorized"
+PREFIX = "/v1"
 
 
 def provisioner(request: Request) -> Provisioner:
     return request.app.state.provisioner  # type: ignore[no-any-return]
 
 
-def operator(
-    request: Request,
-    authorization: Annotated[str | None, Header()] = None,
-    x_auth_token: Annotated[str | None, Header()] = None,
-) -> None:
-    """Operator routes take `Authorization: Bearer <token>` (or `X-Auth-Token`)."""
-    token: str | None = request.app.state.operator_token
-    if token is None:
-        return
-    given = (authorization.removeprefix("Bearer ") if authorization else x_auth_token or "").encode()
-    if not hmac.compare_digest(given, token.encode()):
-        raise Unauthorized("missing or invalid operator token (Authorization: Bearer …)")
-
-
 ProvisionerDep = Annotated[Provisioner, Depends(provisioner)]
-router = APIRouter(prefix="/v1", tags=["operator"], dependencies=[Depends(operator)])
+router = APIRouter(prefix=PREFIX, tags=["operator"])
 health = APIRouter(tags=["health"])
+
+
+def install(app: FastAPI, token: str | None) -> None:
+    """Add the /v1 routes behind their guard; `token` None disables authentication (explicit insecure development
+    mode)."""
+    if token is not None:
+        app.add_middleware(OperatorGuard, token=token)
+    app.include_router(router)
+
+
+class OperatorGuard:
+    """Every /v1 request needs the operator token (`Authorization: Bearer <token>`, or `X-Auth-Token`) before
+    routing: a known path, an unknown one, a wrong method and a malformed body all answer the same 401, so an
+    unauthenticated caller learns nothing about the routes. A plain ASGI middleware, like VISA's guard."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.expected = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The path the router matches, without the root path (see web_provider.http.VisaGuard).
+        path = get_route_path(scope) if scope["type"] == "http" else ""
+        if (path == PREFIX or path.startswith(PREFIX + "/")) and not self._authorised(Headers(scope=scope)):
+            body = {"code": "unauthorized", "message": "missing or invalid operator token (Authorization: Bearer …)"}
+            await JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _authorised(self, headers: Headers) -> bool:
+        scheme, _, credentials = headers.get("authorization", "").partition(" ")
+        given = credentials if scheme.lower() == "bearer" else headers.get("x-auth-token", "")
+        return hmac.compare_digest(given.encode(), self.expected)
 
 
 class JobOut(BaseModel):

@@ -210,12 +210,10 @@ def create_app(runtime: Runtime) -> FastAPI:
     app = FastAPI(
         title="Proxmox provisioner", version="0.1.0", lifespan=lifespan, docs_url="/docs", openapi_url="/openapi.json"
     )
-    token = settings.auth_token.get_secret_value() if settings.auth_token else None
-    app.state.operator_token = settings.operator_token.get_secret_value() if settings.operator_token else None
     visa_http.install_error_handlers(app)
-    visa_http.install(app, token)
+    visa_http.install(app, settings.auth_token.get_secret_value() if settings.auth_token else None)
     if settings.operator_api:
-        app.include_router(operator.router)
+        operator.install(app, settings.operator_token.get_secret_value() if settings.operator_token else None)
     app.include_router(operator.health)
     app.include_router(seed.build_router(settings.seed_path_prefix))
     return app

@@ -1,4 +1,5 @@
-"""Authentication wherever the service is reached: under a root path or a mount prefix."""
+"""Authentication of both APIs: each takes only its own token, checked before routing or reading a body, wherever
+the service is reached (under a root path, mounted under a prefix)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,22 @@ from provisioner.runtime import Runtime, create_app
 from tests.conftest import OPERATOR_TOKEN, TOKEN, LiveService, start_service
 from tests.test_visa_contract import ROUTES
 
+OPERATOR_ROUTES = [
+    ("GET", "/v1/jobs"),
+    ("GET", "/v1/jobs/j-1"),
+    ("GET", "/v1/jobs/j-1/events"),
+    ("POST", "/v1/jobs/j-1/cancel"),
+    ("GET", "/v1/flavours"),
+    ("PUT", "/v1/flavours/small"),
+    ("DELETE", "/v1/flavours/small"),
+    ("GET", "/v1/no-such-route"),
+    ("GET", "/v1"),
+    ("DELETE", "/v1/jobs"),
+    ("PATCH", "/v1/flavours/small"),
+]
+MALFORMED = b'{"id": "small",'
+JSON = {"Content-Type": "application/json"}
+
 
 @pytest.fixture(scope="module")
 def prefixed(tmp_path_factory: pytest.TempPathFactory, simulator: Any) -> Iterator[LiveService]:
@@ -27,12 +44,11 @@ def prefixed(tmp_path_factory: pytest.TempPathFactory, simulator: Any) -> Iterat
     live.stop()
 
 
-def mounted(tmp_path: Path) -> Starlette:
+def mounted(tmp_path: Path, **settings_values: Any) -> Starlette:
     """The application mounted under /provider in another one, never started: every route that reaches the service
     fails, as when its store is gone."""
-    settings = Settings(  # type: ignore[call-arg]
-        auth_token=TOKEN, operator_token=OPERATOR_TOKEN, state_dir=tmp_path, discovery_enabled=False
-    )
+    values = {"auth_token": TOKEN, "operator_token": OPERATOR_TOKEN, "state_dir": tmp_path, "discovery_enabled": False}
+    settings = Settings(**(values | settings_values))
     return Starlette(routes=[Mount("/provider", app=create_app(Runtime(settings)))])
 
 
@@ -60,7 +76,7 @@ def test_the_token_opens_the_api_under_a_root_path(prefixed: LiveService):
 
 def test_api_routes_need_the_token_when_mounted_under_a_prefix(tmp_path: Path):
     app = mounted(tmp_path)
-    for method, path in ROUTES:
+    for method, path in ROUTES + OPERATOR_ROUTES:
         response = call(app, method, "/provider" + path, json={})
         assert response.status_code == 401, (method, path, response.text)
         assert response.json()["code"] == "unauthorized"
@@ -80,3 +96,32 @@ def test_each_api_takes_only_its_own_token(service: LiveService):
     assert service.anonymous.get("/v1/jobs", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 401
     assert service.client.get("/api/images").status_code == 200
     assert service.anonymous.get("/api/images", headers={"X-Auth-Token": OPERATOR_TOKEN}).status_code == 401
+
+
+@pytest.mark.parametrize(("method", "path"), OPERATOR_ROUTES)
+@pytest.mark.parametrize(
+    "credential", [{}, {"Authorization": "Bearer wrong-operator-token-0123"}, {"Authorization": OPERATOR_TOKEN}]
+)
+def test_every_operator_path_needs_the_token_before_routing_or_the_body(
+    service: LiveService, method: str, path: str, credential: dict[str, str]
+):
+    """Known or not, any method, a malformed body: one 401, so nothing about the routes shows without the token."""
+    response = service.anonymous.request(method, path, content=MALFORMED, headers=JSON | credential)
+    assert response.status_code == 401, response.text
+    assert response.json()["code"] == "unauthorized"
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_with_the_operator_token_unknown_paths_are_404_wrong_methods_405_and_bodies_parsed(service: LiveService):
+    unknown, wrong_method = service.operator.get("/v1/no-such-route"), service.operator.delete("/v1/jobs")
+    assert (unknown.status_code, unknown.json()["code"]) == (404, "not_found")
+    assert (wrong_method.status_code, wrong_method.json()["code"]) == (405, "method_not_allowed")
+    response = service.operator.put("/v1/flavours/small", content=MALFORMED, headers=JSON)
+    assert (response.status_code, response.json()["code"]) == (400, "malformed_json")
+    assert service.anonymous.get("/v1/flavours", headers={"X-Auth-Token": OPERATOR_TOKEN}).status_code == 200
+
+
+def test_without_the_operator_api_v1_is_not_served(tmp_path: Path):
+    app = mounted(tmp_path, operator_api=False, operator_token=None)
+    for headers in ({}, {"Authorization": f"Bearer {OPERATOR_TOKEN}"}):
+        assert call(app, "GET", "/provider/v1/jobs", headers).status_code == 404
