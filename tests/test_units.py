@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import base64
+import struct
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from engine import cloudinit
 from engine.flavours import FlavourFileError, read_flavour_file
@@ -18,7 +22,7 @@ from engine.naming import hostname, vm_name
 from engine.placement import GiB, NoCapacity, Request, Reservation, choose_node, node_loads
 from engine.proxmox import NodeInfo, Snapshot, VmInfo, disk_storages, first_global_ipv4
 from engine.service import InstanceView
-from engine.sshkeys import InvalidSSHKey, normalise_key, site_keys
+from engine.sshkeys import SK_ECDSA, SK_ED25519, InvalidSSHKey, normalise_key, site_keys
 from web_provider.routes import instance_out
 from web_provider.schemas import iso
 from web_provider.states import VisaState, visa_state
@@ -45,6 +49,55 @@ def test_normalise_key_accepts_a_valid_key_and_rejects_garbage():
         "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIHVmPnHqL3iOx0hB3fm4tJq0pS0KyfHlLQ0n8Qd3JYJb",
     ):
         with pytest.raises(InvalidSSHKey):
+            normalise_key(bad)
+
+
+def test_rsa_keys_need_2048_bits():
+    def rsa_key(bits: int) -> str:
+        public = rsa.generate_private_key(public_exponent=65537, key_size=bits).public_key()
+        return public.public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode() + " someone@example.org"
+
+    strong = rsa_key(2048)
+    assert normalise_key(strong) == strong
+    for weak in (rsa_key(1024), rsa_key(2047)):
+        with pytest.raises(InvalidSSHKey, match="at least 2048 bits"):
+            normalise_key(weak)
+
+
+def ssh_key(key_type: str, *fields: bytes) -> str:
+    """An OpenSSH public key line whose blob is these SSH wire-format strings."""
+    blob = b"".join(struct.pack(">I", len(field)) + field for field in fields)
+    return f"{key_type} {base64.b64encode(blob).decode()} fido@example.org"
+
+
+def test_security_keys_are_checked_by_their_wire_format():
+    ed = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    p256 = ec.generate_private_key(ec.SECP256R1()).public_key()
+    point = p256.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    compressed = p256.public_bytes(Encoding.X962, PublicFormat.CompressedPoint)
+    off_curve = point[:-1] + bytes([point[-1] ^ 1])
+    for good in (
+        ssh_key(SK_ED25519, SK_ED25519.encode(), ed, b"ssh:"),
+        ssh_key(SK_ECDSA, SK_ECDSA.encode(), b"nistp256", point, b"ssh:example.org"),
+    ):
+        assert normalise_key(good) == good
+    for bad in (
+        ssh_key(SK_ED25519, b"ssh-ed25519", ed, b"ssh:"),  # another type inside
+        ssh_key(SK_ED25519, SK_ED25519.encode(), ed[:31], b"ssh:"),
+        ssh_key(SK_ED25519, SK_ED25519.encode(), ed, b"web:"),
+        ssh_key(SK_ED25519, SK_ED25519.encode(), ed),  # no application
+        ssh_key(SK_ED25519, SK_ED25519.encode(), ed, b"ssh:", b"trailing"),
+        ssh_key(SK_ECDSA, SK_ED25519.encode(), b"nistp256", point, b"ssh:"),
+        ssh_key(SK_ECDSA, SK_ECDSA.encode(), b"nistp384", point, b"ssh:"),
+        ssh_key(SK_ECDSA, SK_ECDSA.encode(), b"nistp256", off_curve, b"ssh:"),
+        ssh_key(SK_ECDSA, SK_ECDSA.encode(), b"nistp256", compressed, b"ssh:"),
+        ssh_key(SK_ECDSA, SK_ECDSA.encode(), b"nistp256", b"", b"ssh:"),
+        f"{SK_ED25519} AAAA",
+        f"{SK_ED25519} AAAAGnNrLXNzaC1lZDI1NTE5QG9wZW5zc2guY29t",  # the type string only
+        f"{SK_ED25519} {base64.b64encode(struct.pack('>I', 99) + SK_ED25519.encode()).decode()}",  # truncated
+        f"{SK_ECDSA} notbase64!!",
+    ):
+        with pytest.raises(InvalidSSHKey, match="malformed"):
             normalise_key(bad)
 
 

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from tests.conftest import TOKEN, LiveService, mutations, visa_body
 
 GiB = 1024**3
+# Well-formed, but too weak: 1024 bits.
+RSA_1024 = (
+    "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDPTDazhVg+nfFwYLb/0cn7sq7StCRrUnAwe5NvZVraxBFCd5cfqShHqnbKrCi3wvMhaGDNj"
+    "T6TMl5CG0N03rIgp7LazGW+az9nYY0kzmV8d3WkUc8H2b9f1BPLFx+P8O6uB+mB1G+xhoZH20ukFPq5BZqb+qR6RS7IGxMtg3Jkqw== "
+    "weak@example.org"
+)
+# An sk-ssh-ed25519 key whose blob ends after the public key: no application string.
+SK_WITHOUT_APPLICATION = (
+    "sk-ssh-ed25519@openssh.com "
+    + base64.b64encode(b"\0\0\0\x1ask-ssh-ed25519@openssh.com" + b"\0\0\0\x20" + bytes(range(32))).decode()
+)
 ROUTES = [
     ("GET", "/api/images"),
     ("GET", "/api/images/9000"),
@@ -162,6 +175,16 @@ BAD_BODIES = [
         "invalid_ssh_key",
         None,
         {"name": "a", "imageId": "9000", "flavourId": "small", "metadata": {"sshPublicKey": "ssh-rsa AAAA-garbage"}},
+    ),
+    (
+        "invalid_ssh_key",
+        None,
+        {"name": "a", "imageId": "9000", "flavourId": "small", "metadata": {"sshPublicKey": RSA_1024}},
+    ),
+    (
+        "invalid_ssh_key",
+        None,
+        {"name": "a", "imageId": "9000", "flavourId": "small", "metadata": {"sshPublicKey": SK_WITHOUT_APPLICATION}},
     ),
 ]
 
