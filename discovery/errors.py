@@ -50,6 +50,10 @@ def host_not_found() -> RegistryError:
     return RegistryError(404, "HOST_004", "host not found")
 
 
+def body_too_large(limit: int) -> RegistryError:
+    return RegistryError(413, "BODY_TOO_LARGE", f"bodies are limited to {limit} bytes")
+
+
 def bad_read_token() -> RegistryError:
     return RegistryError(401, "AUTH_005", "missing or invalid read token (Authorization: Bearer …)")
 

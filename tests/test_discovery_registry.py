@@ -306,6 +306,29 @@ def test_oversized_bodies_are_refused_before_they_are_read(registry: Registry):
     error(huge, 413, "BODY_TOO_LARGE")
 
 
+def chunked(body: bytes, size: int = 8192) -> Iterator[bytes]:
+    """A body httpx sends with Transfer-Encoding: chunked and no Content-Length."""
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
+
+
+def test_a_chunked_body_is_limited_by_the_bytes_received_and_changes_nothing(registry: Registry):
+    key = Ed25519PrivateKey.generate()
+    huge = json.dumps(host(vars={"blob": "x" * 70_000})).encode()
+    headers = registry.signed(key, "POST", HOSTS, huge)
+    refused = registry.anonymous.post(HOSTS, content=chunked(huge), headers=headers)
+    assert refused.request.headers["Transfer-Encoding"] == "chunked" and "Content-Length" not in refused.request.headers
+    assert "65536 bytes" in error(refused, 413, "BODY_TOO_LARGE")
+    assert registry.anonymous.get(HOSTS).json() == []
+    # A chunked body within the limit reaches the handler whole (and its signature verifies).
+    small = json.dumps(host()).encode()
+    accepted = registry.anonymous.post(
+        HOSTS, content=chunked(small, 64), headers=registry.signed(key, "POST", HOSTS, small)
+    )
+    assert accepted.status_code == 200, accepted.text
+    assert [h["name"] for h in registry.anonymous.get(HOSTS).json()] == ["web-1"]
+
+
 def test_ipv6_addresses_are_accepted_and_a_body_that_is_not_json_is_adv_002(registry: Registry):
     with registry.provider() as provider:
         assert provider.post(ADS, json=OFFER | {"ip_address": "2001:DB8::1"}).json()["ip_address"] == "2001:db8::1"
