@@ -50,6 +50,12 @@ def host_not_found() -> RegistryError:
     return RegistryError(404, "HOST_004", "host not found")
 
 
+def too_many_hosts(limit: int) -> RegistryError:
+    return RegistryError(
+        409, "HOST_LIMIT", f"a provider may register at most {limit} hosts (DISCOVERY_MAX_HOSTS_PER_PROVIDER)"
+    )
+
+
 def body_too_large(limit: int) -> RegistryError:
     return RegistryError(413, "BODY_TOO_LARGE", f"bodies are limited to {limit} bytes")
 

@@ -22,6 +22,7 @@ class RegistrySettings(BaseSettings):
     cleanup_interval_s: float = Field(60, gt=0, validation_alias="DISCOVERY_CLEANUP_INTERVAL_SECONDS")
     advertisement_ttl_s: int = Field(300, ge=1, validation_alias="DISCOVERY_ADVERTISEMENT_TTL_SECONDS")
     allowed_providers_csv: str = Field("", validation_alias="DISCOVERY_ALLOWED_PROVIDERS")
+    max_hosts_per_provider: int = Field(1000, ge=1, validation_alias="DISCOVERY_MAX_HOSTS_PER_PROVIDER")
     read_token: SecretStr | None = Field(None, validation_alias="DISCOVERY_READ_TOKEN")
     accept_unsigned_providers: bool = Field(False, validation_alias="DISCOVERY_ACCEPT_UNSIGNED_PROVIDERS")
     # Where the default SQLite file lives; `make run` shares the provisioner's state directory.

@@ -418,6 +418,28 @@ def test_a_provider_deregisters_only_its_own_hosts(registry: Registry):
     assert registry.anonymous.get(HOSTS).json() == []
 
 
+def test_hosts_are_capped_per_provider_and_a_registered_name_can_still_be_updated(tmp_path: Path, clock: FakeClock):
+    live = start(tmp_path, clock, max_hosts_per_provider=2)
+    key = Ed25519PrivateKey.generate()
+
+    def names() -> list[str]:
+        return [h["name"] for h in live.anonymous.get(HOSTS, params={"provider_id": signing.provider_id(key)}).json()]
+
+    try:
+        with live.provider(key) as one, live.provider() as other:
+            assert [one.post(HOSTS, json=host(name)).status_code for name in ("web-1", "web-2")] == [200, 200]
+            assert "at most 2 hosts" in error(one.post(HOSTS, json=host("web-3")), 409, "HOST_LIMIT")
+            assert names() == ["web-1", "web-2"]
+            updated = one.post(HOSTS, json=host("web-2", address="10.0.3.18"))
+            assert updated.status_code == 200 and updated.json()["address"] == "10.0.3.18"
+            assert other.post(HOSTS, json=host("web-3")).status_code == 200  # the cap is per provider
+            assert one.delete(f"{HOSTS}/web-1").status_code == 200
+            assert one.post(HOSTS, json=host("web-3")).status_code == 200
+        assert names() == ["web-2", "web-3"]
+    finally:
+        live.stop()
+
+
 @pytest.mark.parametrize(
     "change",
     [
