@@ -34,8 +34,10 @@ def bad_signature(message: str) -> RegistryError:
     return RegistryError(401, "AUTH_001", message)
 
 
-def not_allowed(message: str = "this provider is not allowed to write to this registry") -> RegistryError:
-    return RegistryError(403, "AUTH_002", message)
+def not_allowed() -> RegistryError:
+    return RegistryError(
+        403, "AUTH_002", "this provider is not allowed to write to this registry (DISCOVERY_ALLOWED_PROVIDERS)"
+    )
 
 
 def not_owner(message: str) -> RegistryError:

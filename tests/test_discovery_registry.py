@@ -182,9 +182,19 @@ def test_allowed_providers_restrict_writers(tmp_path: Path, clock: FakeClock):
     try:
         with live.provider(allowed) as good, live.provider() as other:
             assert good.post(ADS, json=OFFER).status_code == 200
-            error(other.post(ADS, json=OFFER), 403, "AUTH_002")
-            error(other.post(HOSTS, json={"name": "web-1", "address": "10.0.0.1"}), 403, "AUTH_002")
+            assert "DISCOVERY_ALLOWED_PROVIDERS" in error(other.post(ADS, json=OFFER), 403, "AUTH_002")
+            error(other.post(HOSTS, json=host()), 403, "AUTH_002")
         assert len(live.anonymous.get(ADS).json()) == 1
+        assert live.anonymous.get(HOSTS).json() == []
+    finally:
+        live.stop()
+
+
+def test_an_asterisk_allows_every_provider(tmp_path: Path, clock: FakeClock):
+    live = start(tmp_path, clock, allowed_providers_csv=f"{signing.provider_id(Ed25519PrivateKey.generate())}, *")
+    try:
+        with live.provider() as anyone:
+            assert anyone.post(HOSTS, json=host()).status_code == 200
     finally:
         live.stop()
 
