@@ -1,4 +1,4 @@
-"""The registry application: routes, error envelope, per-client rate limit, and the expiry sweeper."""
+"""The registry application: routes, error envelope, per-client rate limit, body size limit, and the expiry sweeper."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.db import Database
 from discovery import routes, store
 from discovery.context import Registry
-from discovery.errors import RegistryError, error_response, install_error_handlers, rate_limited
+from discovery.errors import body_too_large, error_response, install_error_handlers, rate_limited
 from discovery.settings import RegistrySettings
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,9 @@ def create_app(settings: RegistrySettings, clock: Callable[[], float] = time.tim
     )
     app.state.registry = registry
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 
+    # Added last, so it runs first: a rate-limited client's body is never read.
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         if request.url.path in UNLIMITED_PATHS:
@@ -64,14 +68,51 @@ def create_app(settings: RegistrySettings, clock: Callable[[], float] = time.tim
         retry_after = registry.per_client.hit(request.client.host if request.client else "unknown")
         if retry_after is not None:
             return error_response(rate_limited(retry_after))
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return error_response(RegistryError(413, "BODY_TOO_LARGE", f"bodies are limited to {MAX_BODY_BYTES} bytes"))
         return await call_next(request)
 
     app.include_router(routes.api)
     app.include_router(routes.health)
     return app
+
+
+class BodyLimit:
+    """Answers 413 for a body over max_bytes before the application sees any of it: at once when Content-Length
+    says so, else once the bytes received pass the limit (a chunked body declares no length)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit() and int(length) > self.max_bytes:
+            await error_response(body_too_large(self.max_bytes))(scope, receive, send)
+            return
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                await error_response(body_too_large(self.max_bytes))(scope, receive, send)
+                return
+            more = message.get("more_body", False)
+        await self.app(scope, _replay(bytes(body), receive), send)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """The whole body as one message, then the client's own messages (a disconnect)."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replayed
 
 
 def sweep_once(registry: Registry) -> tuple[int, int]:

@@ -34,8 +34,10 @@ def bad_signature(message: str) -> RegistryError:
     return RegistryError(401, "AUTH_001", message)
 
 
-def not_allowed(message: str = "this provider is not allowed to write to this registry") -> RegistryError:
-    return RegistryError(403, "AUTH_002", message)
+def not_allowed() -> RegistryError:
+    return RegistryError(
+        403, "AUTH_002", "this provider is not allowed to write to this registry (DISCOVERY_ALLOWED_PROVIDERS)"
+    )
 
 
 def not_owner(message: str) -> RegistryError:
@@ -48,6 +50,16 @@ def advertisement_not_found() -> RegistryError:
 
 def host_not_found() -> RegistryError:
     return RegistryError(404, "HOST_004", "host not found")
+
+
+def too_many_hosts(limit: int) -> RegistryError:
+    return RegistryError(
+        409, "HOST_LIMIT", f"a provider may register at most {limit} hosts (DISCOVERY_MAX_HOSTS_PER_PROVIDER)"
+    )
+
+
+def body_too_large(limit: int) -> RegistryError:
+    return RegistryError(413, "BODY_TOO_LARGE", f"bodies are limited to {limit} bytes")
 
 
 def bad_read_token() -> RegistryError:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from discovery import auth, store
 from discovery.context import Registry, committed, registry, session
-from discovery.errors import RegistryError, advertisement_not_found, host_not_found, not_owner
+from discovery.errors import RegistryError, advertisement_not_found, host_not_found, not_owner, too_many_hosts
 from discovery.models import Advertisement
 from discovery.schemas import AdvertisementIn, AdvertisementOut, Country, Deleted, HostIn, HostOut
 
@@ -93,7 +93,12 @@ def post_host(
     """Register a provisioned host, or replace the caller's record of that name (signed).
 
     The header `X-Registry-Changed: true|false` says whether the record changed, so a client converges in one
-    request; an unchanged record keeps its `updated_at`."""
+    request; an unchanged record keeps its `updated_at`. A provider holds at most DISCOVERY_MAX_HOSTS_PER_PROVIDER
+    hosts: a new name beyond that is refused (409 HOST_LIMIT), its registered names can still be updated."""
+    limit = context.settings.max_hosts_per_provider
+    # Exact on SQLite (writers are serialised); on PostgreSQL concurrent new names may pass it by a few.
+    if store.get_host(db, caller, body.name) is None and store.count_hosts(db, caller) >= limit:
+        raise too_many_hosts(limit)
     try:
         row, changed = store.upsert_host(db, caller, body, context.now())
     except SQLAlchemyError:

@@ -26,7 +26,9 @@ class RegistrySettings(BaseSettings):
     database_url: str | None = Field(None, validation_alias="DISCOVERY_DB_URL")
     cleanup_interval_s: float = Field(60, gt=0, validation_alias="DISCOVERY_CLEANUP_INTERVAL_SECONDS")
     advertisement_ttl_s: int = Field(300, ge=1, validation_alias="DISCOVERY_ADVERTISEMENT_TTL_SECONDS")
+    # Empty: every provider that proves its key may write (the Golem server's open registry); "*" says so explicitly.
     allowed_providers_csv: str = Field("", validation_alias="DISCOVERY_ALLOWED_PROVIDERS")
+    max_hosts_per_provider: int = Field(1000, ge=1, validation_alias="DISCOVERY_MAX_HOSTS_PER_PROVIDER")
     read_token: SecretStr | None = Field(None, validation_alias="DISCOVERY_READ_TOKEN")
     accept_unsigned_providers: bool = Field(False, validation_alias="DISCOVERY_ACCEPT_UNSIGNED_PROVIDERS")
     # Where the default SQLite file lives; `make run` shares the provisioner's state directory.
@@ -45,7 +47,17 @@ class RegistrySettings(BaseSettings):
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.state_dir / 'discovery.db'}"
 
-    @cached_property
+    @property
     def allowed_providers(self) -> frozenset[str]:
         """Provider ids allowed to write; empty means every provider that proves its key."""
+        listed = self._listed_providers()
+        return frozenset() if "*" in listed else listed
+
+    def allowing(self, provider_id: str) -> RegistrySettings:
+        """These settings with provider_id allowed to write as well; an explicitly open registry ("*") stays open."""
+        if "*" in self._listed_providers():
+            return self
+        return self.model_copy(update={"allowed_providers_csv": f"{self.allowed_providers_csv},{provider_id}"})
+
+    def _listed_providers(self) -> frozenset[str]:
         return frozenset(p.strip().lower() for p in self.allowed_providers_csv.split(",") if p.strip())

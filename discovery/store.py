@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Delete, delete, select
+from sqlalchemy import CursorResult, Delete, delete, func, select
 from sqlalchemy.orm import Session
 
 from discovery.models import Advertisement, Host, HostGroup, SeenNonce
@@ -113,6 +113,10 @@ def host_out(row: Host) -> HostOut:
 
 def get_host(session: Session, provider_id: str, name: str) -> Host | None:
     return session.scalar(select(Host).where(Host.provider_id == provider_id, Host.name == name))
+
+
+def count_hosts(session: Session, provider_id: str) -> int:
+    return session.scalar(select(func.count()).select_from(Host).where(Host.provider_id == provider_id)) or 0
 
 
 HOST_FIELDS = ("address", "ssh_port", "ssh_user", "vars", "instance_id")

@@ -105,6 +105,8 @@ class Settings(BaseSettings):
     discovery_enabled: bool = Field(True, validation_alias=env("PROVISIONER_DISCOVERY"))
     discovery_url: str | None = Field(None, validation_alias=env("DISCOVERY_URL"))  # unset: the embedded registry
     provider_key_file: Path | None = Field(None, validation_alias=env("DISCOVERY_PROVIDER_KEY_FILE"))
+    # The providers whose host records inventory/discovery.yml uses (comma-separated ids); unset: this provider's.
+    trusted_providers: str | None = Field(None, validation_alias=env("DISCOVERY_TRUSTED_PROVIDERS"))
     provider_name: str = Field(
         "proxmox-provisioner",
         min_length=1,

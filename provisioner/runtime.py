@@ -120,14 +120,16 @@ class Runtime:
         """Registry (embedded unless DISCOVERY_URL is set), provider key, advertiser; the playbooks' DISCOVERY_*."""
         settings = self.settings
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per advertisement refresh otherwise
+        key = load_or_create_key(settings.provider_key_path)
+        own_id = provider_id(key)
+        log.info("discovery provider id %s (key in %s)", own_id, settings.provider_key_path)
         url = settings.discovery_url
         if url is None:
+            # The embedded registry takes writes from this provider, plus DISCOVERY_ALLOWED_PROVIDERS ('*': anyone).
             registry_settings = self.registry_settings or RegistrySettings(state_dir=settings.state_dir)
-            self.registry = start_registry(registry_settings)
+            self.registry = start_registry(registry_settings.allowing(own_id))
             url = self.registry.url
             log.info("embedded discovery registry at %s", url)
-        key = load_or_create_key(settings.provider_key_path)
-        log.info("discovery provider id %s (key in %s)", provider_id(key), settings.provider_key_path)
         self.advertiser = Advertiser(
             RegistryClient(url, key),
             lambda: self._advertisement(settings, cluster.snapshot()),
@@ -137,6 +139,7 @@ class Runtime:
             "DISCOVERY_URL": url,
             "DISCOVERY_PROVIDER_KEY_FILE": str(settings.provider_key_path),
             "DISCOVERY_HOST_SSH_USER": settings.cloud_init_user,
+            "DISCOVERY_TRUSTED_PROVIDERS": settings.trusted_providers or own_id,
         }
         write_env_file(settings.state_dir / "discovery.env", env)
         return env

@@ -58,11 +58,12 @@ def hosts_of(registry: Any, key_file: Path) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def registered(registry: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """Hosts of two providers: inv-web-1 (with a template string in its vars), inv-db-1 registered by both."""
+def registered(registry: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """The ids of two providers: ours registered inv-web-1 (with a template string in its vars) and inv-db-1; the
+    other, later, registered the same two names elsewhere (a takeover attempt) and inv-other-1."""
     keys = tmp_path_factory.mktemp("inventory-providers")
-    first, second = signing.load_or_create_key(keys / "a.key"), signing.load_or_create_key(keys / "b.key")
-    with httpx.Client(base_url=registry.url, auth=ProviderAuth(first)) as one:
+    ours, theirs = signing.load_or_create_key(keys / "a.key"), signing.load_or_create_key(keys / "b.key")
+    with httpx.Client(base_url=registry.url, auth=ProviderAuth(ours)) as one:
         one.post(
             "/api/v1/hosts",
             json={
@@ -77,48 +78,72 @@ def registered(registry: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
         one.post(
             "/api/v1/hosts", json={"name": "inv-db-1", "address": "db1.example.org", "ssh_port": 2222, "groups": ["db"]}
         ).raise_for_status()
-    with httpx.Client(base_url=registry.url, auth=ProviderAuth(second)) as two:
-        two.post("/api/v1/hosts", json={"name": "inv-db-1", "address": "10.9.9.9", "groups": ["db"]}).raise_for_status()
+    with httpx.Client(base_url=registry.url, auth=ProviderAuth(theirs)) as two:
+        for name in ("inv-web-1", "inv-db-1", "inv-other-1"):
+            two.post("/api/v1/hosts", json={"name": name, "address": "10.9.9.9", "groups": ["visa"]}).raise_for_status()
+    return signing.provider_id(ours), signing.provider_id(theirs)
 
-    return first
+
+def inventory(registry: Any, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """ansible-inventory -i inventory/discovery.yml, failing when the plugin fails (not an empty inventory)."""
+    defaults = {
+        "DISCOVERY_URL": registry.url,
+        "DISCOVERY_READ_TOKEN": READ_TOKEN,
+        "ANSIBLE_INVENTORY_UNPARSED_FAILED": "true",
+    }
+    return ansible("ansible-inventory", "-i", "inventory/discovery.yml", *args, **(defaults | env))
 
 
-def test_the_inventory_lists_registered_hosts_with_their_connection_groups_and_vars(registry: Any, registered: Any):
-    first = registered
-    listed = ansible(
-        "ansible-inventory",
-        "-i",
-        "inventory/discovery.yml",
-        "--list",
-        DISCOVERY_URL=registry.url,
-        DISCOVERY_READ_TOKEN=READ_TOKEN,
-    )
-    assert listed.returncode == 0, listed.stderr
+def listed(answer: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert answer.returncode == 0, answer.stderr
     # ansible-inventory marks strings it will not template (all of the plugin's) as {"__ansible_unsafe": ...}.
-    inventory = json.loads(listed.stdout, object_hook=lambda d: d.get("__ansible_unsafe", d))
-    web = inventory["_meta"]["hostvars"]["inv-web-1"]
+    return json.loads(answer.stdout, object_hook=lambda d: d.get("__ansible_unsafe", d))  # type: ignore[no-any-return]
+
+
+def test_the_inventory_lists_the_trusted_providers_hosts_with_their_connection_groups_and_vars(
+    registry: Any, registered: tuple[str, str]
+):
+    ours, _ = registered
+    answer = inventory(registry, "--list", DISCOVERY_TRUSTED_PROVIDERS=ours)
+    hosts = listed(answer)
+    assert set(hosts["_meta"]["hostvars"]) == {"inv-web-1", "inv-db-1"}  # nothing of the other provider
+    web = hosts["_meta"]["hostvars"]["inv-web-1"]
     assert web["ansible_host"] == "10.0.3.17" and web["ansible_port"] == 22 and web["ansible_user"] == "visa"
     assert web["role"] == "frontend" and web["discovery_instance_id"] == "100042"
-    assert web["discovery_provider_id"] == signing.provider_id(first)
-    assert "inv-web-1" in inventory["visa"]["hosts"] and "inv-web-1" in inventory["web"]["hosts"]
-    assert "inv-web-1" in inventory[f"discovery_provider_{signing.provider_id(first)[:12]}"]["hosts"]
-    db = inventory["_meta"]["hostvars"]["inv-db-1"]
-    assert db["ansible_host"] == "10.9.9.9" and "ansible_user" not in db  # the newer of the two records
-    assert "registered by providers" in listed.stderr
+    assert web["discovery_provider_id"] == ours
+    assert "inv-web-1" in hosts["visa"]["hosts"] and "inv-web-1" in hosts["web"]["hosts"]
+    assert "inv-web-1" in hosts[f"discovery_provider_{ours[:12]}"]["hosts"]
+    db = hosts["_meta"]["hostvars"]["inv-db-1"]
+    assert (db["ansible_host"], db["ansible_port"]) == ("db1.example.org", 2222) and "ansible_user" not in db
+    assert "registered by" not in answer.stderr
 
-    graph = ansible(
-        "ansible-inventory",
-        "-i",
-        "inventory/discovery.yml",
-        "--graph",
-        DISCOVERY_URL=registry.url,
-        DISCOVERY_READ_TOKEN=READ_TOKEN,
-    )
+    graph = inventory(registry, "--graph", DISCOVERY_TRUSTED_PROVIDERS=ours.upper())
     assert graph.returncode == 0 and "@visa:" in graph.stdout and "inv-web-1" in graph.stdout
-    assert READ_TOKEN not in graph.stdout + graph.stderr + listed.stdout + listed.stderr
+    assert "inv-other-1" not in graph.stdout
+    assert READ_TOKEN not in graph.stdout + graph.stderr + answer.stdout + answer.stderr
 
 
-def test_registered_values_are_never_templated_on_the_controller(registry: Any, registered: Any):  # noqa: ARG001
+@pytest.mark.parametrize("first", [0, 1])
+def test_a_name_two_trusted_providers_claim_goes_to_the_one_listed_first_with_a_warning(
+    registry: Any, registered: tuple[str, str], first: int
+):
+    order = [registered[first], registered[1 - first]]
+    answer = inventory(registry, "--list", DISCOVERY_TRUSTED_PROVIDERS=",".join(order))
+    hosts = listed(answer)["_meta"]["hostvars"]
+    assert {hosts[name]["discovery_provider_id"] for name in ("inv-web-1", "inv-db-1")} == {order[0]}
+    assert hosts["inv-other-1"]["discovery_provider_id"] == registered[1]
+    warned = " ".join(answer.stderr.split())
+    assert f"host inv-db-1 is registered by trusted providers {order[0]} and {order[1]}" in warned
+    assert f"using the record of {order[0]}" in warned
+
+
+def test_the_inventory_refuses_to_trust_every_provider_by_default(registry: Any, registered: Any):  # noqa: ARG001
+    refused = inventory(registry, "--list")
+    assert refused.returncode != 0
+    assert "DISCOVERY_TRUSTED_PROVIDERS" in refused.stderr and "inv-web-1" not in refused.stdout
+
+
+def test_registered_values_are_never_templated_on_the_controller(registry: Any, registered: tuple[str, str]):
     shown = ansible(
         "ansible",
         "-i",
@@ -130,22 +155,14 @@ def test_registered_values_are_never_templated_on_the_controller(registry: Any, 
         "var=probe",
         DISCOVERY_URL=registry.url,
         DISCOVERY_READ_TOKEN=READ_TOKEN,
+        DISCOVERY_TRUSTED_PROVIDERS=registered[0],
     )
     assert shown.returncode == 0, shown.stdout + shown.stderr
     assert TEMPLATE in shown.stdout and "uid=" not in shown.stdout
 
 
-def test_the_inventory_fails_clearly_without_the_read_token(registry: Any):
-    refused = ansible(
-        "ansible-inventory",
-        "-i",
-        "inventory/discovery.yml",
-        "--list",
-        "-e",
-        "ansible_inventory_unparsed_failed=true",
-        DISCOVERY_URL=registry.url,
-        ANSIBLE_INVENTORY_UNPARSED_FAILED="true",
-    )
+def test_the_inventory_fails_clearly_without_the_read_token(registry: Any, registered: tuple[str, str]):
+    refused = inventory(registry, "--list", DISCOVERY_READ_TOKEN="", DISCOVERY_TRUSTED_PROVIDERS=registered[0])
     assert refused.returncode != 0
     assert "AUTH_005" in refused.stderr
 

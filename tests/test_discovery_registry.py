@@ -182,9 +182,19 @@ def test_allowed_providers_restrict_writers(tmp_path: Path, clock: FakeClock):
     try:
         with live.provider(allowed) as good, live.provider() as other:
             assert good.post(ADS, json=OFFER).status_code == 200
-            error(other.post(ADS, json=OFFER), 403, "AUTH_002")
-            error(other.post(HOSTS, json={"name": "web-1", "address": "10.0.0.1"}), 403, "AUTH_002")
+            assert "DISCOVERY_ALLOWED_PROVIDERS" in error(other.post(ADS, json=OFFER), 403, "AUTH_002")
+            error(other.post(HOSTS, json=host()), 403, "AUTH_002")
         assert len(live.anonymous.get(ADS).json()) == 1
+        assert live.anonymous.get(HOSTS).json() == []
+    finally:
+        live.stop()
+
+
+def test_an_asterisk_allows_every_provider(tmp_path: Path, clock: FakeClock):
+    live = start(tmp_path, clock, allowed_providers_csv=f"{signing.provider_id(Ed25519PrivateKey.generate())}, *")
+    try:
+        with live.provider() as anyone:
+            assert anyone.post(HOSTS, json=host()).status_code == 200
     finally:
         live.stop()
 
@@ -306,6 +316,29 @@ def test_oversized_bodies_are_refused_before_they_are_read(registry: Registry):
     error(huge, 413, "BODY_TOO_LARGE")
 
 
+def chunked(body: bytes, size: int = 8192) -> Iterator[bytes]:
+    """A body httpx sends with Transfer-Encoding: chunked and no Content-Length."""
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
+
+
+def test_a_chunked_body_is_limited_by_the_bytes_received_and_changes_nothing(registry: Registry):
+    key = Ed25519PrivateKey.generate()
+    huge = json.dumps(host(vars={"blob": "x" * 70_000})).encode()
+    headers = registry.signed(key, "POST", HOSTS, huge)
+    refused = registry.anonymous.post(HOSTS, content=chunked(huge), headers=headers)
+    assert refused.request.headers["Transfer-Encoding"] == "chunked" and "Content-Length" not in refused.request.headers
+    assert "65536 bytes" in error(refused, 413, "BODY_TOO_LARGE")
+    assert registry.anonymous.get(HOSTS).json() == []
+    # A chunked body within the limit reaches the handler whole (and its signature verifies).
+    small = json.dumps(host()).encode()
+    accepted = registry.anonymous.post(
+        HOSTS, content=chunked(small, 64), headers=registry.signed(key, "POST", HOSTS, small)
+    )
+    assert accepted.status_code == 200, accepted.text
+    assert [h["name"] for h in registry.anonymous.get(HOSTS).json()] == ["web-1"]
+
+
 def test_ipv6_addresses_are_accepted_and_a_body_that_is_not_json_is_adv_002(registry: Registry):
     with registry.provider() as provider:
         assert provider.post(ADS, json=OFFER | {"ip_address": "2001:DB8::1"}).json()["ip_address"] == "2001:db8::1"
@@ -393,6 +426,28 @@ def test_a_provider_deregisters_only_its_own_hosts(registry: Registry):
         assert len(registry.anonymous.get(HOSTS).json()) == 1
         assert one.delete(f"{HOSTS}/web-1").json() == {"status": "success"}
     assert registry.anonymous.get(HOSTS).json() == []
+
+
+def test_hosts_are_capped_per_provider_and_a_registered_name_can_still_be_updated(tmp_path: Path, clock: FakeClock):
+    live = start(tmp_path, clock, max_hosts_per_provider=2)
+    key = Ed25519PrivateKey.generate()
+
+    def names() -> list[str]:
+        return [h["name"] for h in live.anonymous.get(HOSTS, params={"provider_id": signing.provider_id(key)}).json()]
+
+    try:
+        with live.provider(key) as one, live.provider() as other:
+            assert [one.post(HOSTS, json=host(name)).status_code for name in ("web-1", "web-2")] == [200, 200]
+            assert "at most 2 hosts" in error(one.post(HOSTS, json=host("web-3")), 409, "HOST_LIMIT")
+            assert names() == ["web-1", "web-2"]
+            updated = one.post(HOSTS, json=host("web-2", address="10.0.3.18"))
+            assert updated.status_code == 200 and updated.json()["address"] == "10.0.3.18"
+            assert other.post(HOSTS, json=host("web-3")).status_code == 200  # the cap is per provider
+            assert one.delete(f"{HOSTS}/web-1").status_code == 200
+            assert one.post(HOSTS, json=host("web-3")).status_code == 200
+        assert names() == ["web-2", "web-3"]
+    finally:
+        live.stop()
 
 
 @pytest.mark.parametrize(

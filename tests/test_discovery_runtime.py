@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import stat
 import subprocess
 import sys
@@ -14,9 +15,13 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from discovery import signing
-from tests.conftest import ROOT, start_service, start_test_registry, visa_body, wait_for
+from discovery.client import ProviderAuth
+from tests.conftest import ROOT, LiveService, start_service, start_test_registry, visa_body, wait_for
+
+HOST = {"name": "VISA-INSTANCE-1", "address": "10.0.3.17", "groups": ["visa"]}
 
 
 def advertised(url: str, provider_id: str) -> dict[str, Any] | None:
@@ -24,9 +29,21 @@ def advertised(url: str, provider_id: str) -> dict[str, Any] | None:
     return answer.json() if answer.status_code == 200 else None
 
 
+def register(url: str, key: Ed25519PrivateKey) -> httpx.Response:
+    return httpx.post(f"{url}/api/v1/hosts", json=HOST, auth=ProviderAuth(key))
+
+
+def discovery_env(live: LiveService) -> dict[str, str]:
+    """.run/discovery.env as an operator sources it."""
+    lines = (live.settings.state_dir / "discovery.env").read_text().splitlines()
+    return dict(shlex.split(line)[0].split("=", 1) for line in lines if not line.startswith("#"))
+
+
 def test_the_embedded_registry_honours_the_discovery_variables_and_the_service_advertises(
     tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ):
+    partner = Ed25519PrivateKey.generate()
+    trusted = f"{signing.provider_id(partner)},{signing.provider_id(Ed25519PrivateKey.generate())}"
     for name, value in {
         "DISCOVERY_HOST": "127.0.0.1",
         "DISCOVERY_PORT": "0",
@@ -34,6 +51,8 @@ def test_the_embedded_registry_honours_the_discovery_variables_and_the_service_a
         "DISCOVERY_ADVERTISEMENT_TTL_SECONDS": "120",
         "DISCOVERY_CLEANUP_INTERVAL_SECONDS": "30",
         "DISCOVERY_READ_TOKEN": "embedded-read-token-0123",
+        "DISCOVERY_ALLOWED_PROVIDERS": signing.provider_id(partner),
+        "DISCOVERY_TRUSTED_PROVIDERS": trusted,
     }.items():
         monkeypatch.setenv(name, value)
     with caplog.at_level(logging.INFO):
@@ -56,16 +75,39 @@ def test_the_embedded_registry_honours_the_discovery_variables_and_the_service_a
         body = wait_for(lambda: advertised(registry.url, provider_id), timeout=30, what="the advertisement")
         assert body["country"] == "DE" and body["ip_address"] == "127.0.0.1" and body["platform"] == "x86_64"
         assert body["resources"]["cpu"] >= 1
+        # DISCOVERY_ALLOWED_PROVIDERS adds to the embedded provider itself, which always writes.
+        assert settings.allowed_providers == {provider_id, signing.provider_id(partner)}
+        assert register(registry.url, partner).status_code == 200
+        assert register(registry.url, Ed25519PrivateKey.generate()).json()["code"] == "AUTH_002"
 
         env_file = tmp_path / "discovery.env"
         assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
         assert f"DISCOVERY_URL={registry.url}\n" in env_file.read_text()
         assert f"DISCOVERY_PROVIDER_KEY_FILE={key_file}\n" in env_file.read_text()
         assert "DISCOVERY_HOST_SSH_USER=visa\n" in env_file.read_text()
+        assert discovery_env(live)["DISCOVERY_TRUSTED_PROVIDERS"] == trusted
         pem = key_file.read_text()
         secret_lines = [line for line in pem.splitlines() if "PRIVATE KEY" not in line]
         assert not any(line in caplog.text or line in env_file.read_text() for line in secret_lines)
         assert provider_id in caplog.text  # the public id is logged, so operators can allow-list it
+    finally:
+        live.stop()
+
+
+def test_the_embedded_registry_takes_writes_only_from_this_provider_and_the_playbooks_trust_only_it(
+    tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("DISCOVERY_PORT", "0")
+    live = start_service(tmp_path, simulator, discovery_enabled=True)
+    try:
+        assert live.runtime.registry is not None
+        url = live.runtime.registry.url
+        ours = signing.load_key(live.settings.provider_key_path)
+        refused = register(url, Ed25519PrivateKey.generate())
+        assert refused.status_code == 403 and refused.json()["code"] == "AUTH_002", refused.text
+        assert httpx.get(f"{url}/api/v1/hosts").json() == []
+        assert register(url, ours).status_code == 200
+        assert discovery_env(live)["DISCOVERY_TRUSTED_PROVIDERS"] == signing.provider_id(ours)
     finally:
         live.stop()
 
@@ -107,9 +149,16 @@ def test_a_visa_instance_is_registered_once_active_and_deregistered_when_deleted
         assert len(mine) == 1 and mine[0]["address"] == active["address"] and mine[0]["instance_id"] == instance_id
         assert mine[0]["groups"] == ["visa"] and mine[0]["ssh_user"] == "visa"
 
+        intruder = httpx.post(
+            f"{url}/api/v1/hosts",
+            json=HOST | {"name": "VISA-INSTANCE-77"},
+            auth=ProviderAuth(Ed25519PrivateKey.generate()),
+        )
+        assert intruder.status_code == 403 and intruder.json()["code"] == "AUTH_002"
+
         env = {
             **os.environ,
-            "DISCOVERY_URL": url,
+            **discovery_env(live),
             "DISCOVERY_READ_TOKEN": read_token,
             "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
         }

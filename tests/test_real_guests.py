@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from discovery import signing
 from engine.naming import hostname
 from tests.conftest import (
     ROOT,
@@ -281,6 +282,7 @@ def test_the_discovery_inventory_reaches_the_guests_the_service_made(
         "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
         "DISCOVERY_URL": service.runtime.registry.url,
         "DISCOVERY_READ_TOKEN": READ_TOKEN,
+        "DISCOVERY_TRUSTED_PROVIDERS": signing.provider_id(signing.load_key(service.settings.provider_key_path)),
         "ANSIBLE_PRIVATE_KEY_FILE": str(guest_keys["site"].private),
         "ANSIBLE_SSH_ARGS": f"-F /dev/null -o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=yes "
         "-o IdentitiesOnly=yes",

@@ -13,7 +13,9 @@ description:
   - The configuration file's name must end in C(discovery.yml) or C(discovery.yaml).
   - Registered values are data, never templates, and a registered host cannot set C(ansible_*) variables
     (the registry refuses them), so registering a host cannot run anything on the controller.
-  - When two providers register the same name, the most recently updated record wins and a warning names the other.
+  - Only the records of the trusted providers (O(provider_ids)) are used; any key can register a host under any
+    name, so records of other providers are ignored. When two trusted providers register the same name, the
+    record of the one listed first in O(provider_ids) is used and a warning names both.
 extends_documentation_fragment:
   - constructed
 options:
@@ -37,10 +39,15 @@ options:
     description: Only hosts registered in this group.
     type: str
   provider_ids:
-    description: Only hosts registered by these providers (ids as the registry shows them); empty means all.
+    description:
+      - The providers whose host records are used (ids as the registry shows them, 64 hex digits), in order of
+        precedence; required, there is no "every provider".
+      - The engine passes E(DISCOVERY_TRUSTED_PROVIDERS) (this provider's own id unless configured) to playbook
+        runs and writes it to C(.run/discovery.env).
     type: list
     elements: str
-    default: []
+    env:
+      - name: DISCOVERY_TRUSTED_PROVIDERS
   timeout:
     description: Seconds to wait for the registry.
     type: int
@@ -58,12 +65,12 @@ EXAMPLES = r"""
 # inventory/discovery.yml; run: ansible-inventory -i inventory/discovery.yml --graph
 plugin: provisioner.discovery.hosts
 group: visa
+provider_ids:
+  - 5f0c6e1d2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5
 keyed_groups:
   - key: discovery_provider_id[:12]
     prefix: provider
 """
-
-from datetime import datetime
 
 from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
@@ -89,26 +96,34 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
             validate_certs=self.get_option("validate_certs"),
             ca_path=self.get_option("ca_path"),
         )
+        providers = self._trusted_providers()
         group = self.get_option("group")
         try:
             records = registry.request("GET", "/api/v1/hosts", query={"group": group} if group else None)
         except RegistryError as exc:
             raise AnsibleParserError(f"cannot read the discovery registry: {exc}") from None
-        for record in self._chosen(records):
+        for record in self._chosen(records, providers):
             self._add(record)
 
-    def _chosen(self, records):
-        """One record per name (the newest), from the configured providers only."""
-        providers = set(self.get_option("provider_ids"))
+    def _trusted_providers(self):
+        providers = [p.strip().lower() for p in self.get_option("provider_ids") or [] if p and p.strip()]
+        if not providers:
+            raise AnsibleParserError(
+                "discovery: no trusted providers; set provider_ids or DISCOVERY_TRUSTED_PROVIDERS to the provider "
+                "ids whose hosts to use (the engine writes its own to .run/discovery.env)"
+            )
+        return list(dict.fromkeys(providers))
+
+    def _chosen(self, records, providers):
+        """One record per name, from the trusted providers only: the first listed provider's."""
+        rank = {provider: i for i, provider in enumerate(providers)}
         chosen = {}
-        for record in sorted(records, key=lambda r: datetime.fromisoformat(r["updated_at"]), reverse=True):
-            if providers and record["provider_id"] not in providers:
-                continue
+        for record in sorted((r for r in records if r["provider_id"] in rank), key=lambda r: rank[r["provider_id"]]):
             kept = chosen.setdefault(record["name"], record)
             if kept is not record:
                 display.warning(
-                    f"discovery: host {record['name']} is registered by providers {kept['provider_id']} and "
-                    f"{record['provider_id']}; using the newer record of {kept['provider_id']}"
+                    f"discovery: host {record['name']} is registered by trusted providers {kept['provider_id']} and "
+                    f"{record['provider_id']}; using the record of {kept['provider_id']} (listed first in provider_ids)"
                 )
         return chosen.values()
 
