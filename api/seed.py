@@ -32,7 +32,7 @@ def build_router(prefix: str) -> APIRouter:
 
     def document(token: str, service: Provisioner, render) -> PlainTextResponse:  # type: ignore[no-untyped-def]
         instance = service.seed_instance(token)
-        return PlainTextResponse(render(service.seed_context(instance)), media_type="text/plain; charset=utf-8")
+        return PlainTextResponse(render(service.seed_context(instance, token)), media_type="text/plain; charset=utf-8")
 
     @router.get("/{token}/meta-data", response_class=PlainTextResponse)
     def meta_data(token: str, service: ProvisionerDep) -> PlainTextResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,6 +11,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+
+from common.files import make_private_dir
 
 WRITE_OPTION = "write_transaction"  # execution option: this connection's transactions take the write lock first
 
@@ -27,7 +30,9 @@ def make_engine(url: str, immediate: bool = False) -> Engine:
         # immediate: as many connections as request threads (Starlette's pool has 40), so a request waiting
         # for the write lock never also waits for a connection held by a request queued behind it.
         pool = {"pool_size": 48, "max_overflow": 0} if immediate else {}
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True, **pool
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
@@ -44,7 +49,18 @@ def make_engine(url: str, immediate: bool = False) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE" if up_front else "BEGIN")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, hide_parameters=True)
+
+
+def private_sqlite_file(path: Path) -> None:
+    """The database file (and its WAL and shared-memory files, which SQLite creates with the file's mode) readable
+    by the owner only; its directory is made private if this makes it."""
+    if not path.parent.exists():
+        make_private_dir(path.parent)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if file.exists():
+            os.chmod(file, 0o600)
 
 
 def migrate(engine: Engine, migrations: Path) -> None:
@@ -60,7 +76,7 @@ class Database:
     def __init__(self, url: str, migrations: Path, immediate: bool = False) -> None:
         self.migrations = migrations
         if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            private_sqlite_file(Path(url.removeprefix("sqlite:///")))
         self.engine = make_engine(url, immediate)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.writers = sessionmaker(self.engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False)

@@ -10,7 +10,6 @@ longer queue behind each other's transactions, and one thread alone hands out VM
 from __future__ import annotations
 
 import logging
-import secrets
 import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from engine.models import Flavour, JobKind, JobState, Lifecycle
 from engine.naming import as_vmid, vm_name
 from engine.placement import GiB, Request, Reservation
 from engine.proxmox import ClusterView, ProxmoxUnavailable, Snapshot, VmInfo
+from engine.seeds import SeedTokens
 from engine.settings import Settings
 from engine.sshkeys import InvalidSSHKey, normalise_key
 from engine.store import Store
@@ -78,12 +78,14 @@ class CreateIntake:
         self,
         settings: Settings,
         store: Store,
+        seeds: SeedTokens,
         cluster: ClusterView,
         site_keys: list[str],
         on_committed: Callable[[], None],
     ) -> None:
         self._settings = settings
         self._store = store
+        self._seeds = seeds
         self._cluster = cluster
         self._site_keys = site_keys
         self._on_committed = on_committed
@@ -139,7 +141,7 @@ class CreateIntake:
                 log.exception("create %r failed unexpectedly; the rest of its group goes on", request.name)
                 outcomes.append(UnexpectedError("the create failed unexpectedly; nothing was created"))
                 continue
-            instances.append(instance_row(valid, reservation))
+            instances.append(instance_row(valid, reservation, self._seeds.new(reservation.vmid)))
             jobs.append(create_job_row(valid, reservation.vmid))
             outcomes.append(reservation.vmid)
         return outcomes, instances, jobs
@@ -233,7 +235,7 @@ def _template(snapshot: Snapshot, image_id: str) -> VmInfo:
     return template
 
 
-def instance_row(valid: ValidCreate, reservation: Reservation) -> dict[str, Any]:
+def instance_row(valid: ValidCreate, reservation: Reservation, seed: dict[str, str]) -> dict[str, Any]:
     request, flavour, template = valid.request, valid.flavour, valid.template
     return {
         "id": reservation.vmid,
@@ -250,7 +252,7 @@ def instance_row(valid: ValidCreate, reservation: Reservation) -> dict[str, Any]
         "meta": dict(request.metadata),
         "security_groups": list(dict.fromkeys(request.security_groups)),
         "ssh_keys": valid.ssh_keys,
-        "seed_token": secrets.token_urlsafe(32),
+        **seed,
     }
 
 

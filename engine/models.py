@@ -73,7 +73,11 @@ class Instance(Base):
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
     security_groups: Mapped[list[str]] = mapped_column(default=list)
     ssh_keys: Mapped[list[str]] = mapped_column(default=list)
-    seed_token: Mapped[str] = mapped_column(String(64), unique=True)
+    # The seed token's digest and the nonce it is derived from (engine/seeds.py); the clear token only on rows an
+    # older release stored.
+    seed_token_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    seed_nonce: Mapped[str | None] = mapped_column(String(32), default=None)
+    seed_token: Mapped[str | None] = mapped_column(String(64), unique=True, default=None)
     fault_message: Mapped[str | None] = mapped_column(Text, default=None)
     fault_details: Mapped[str | None] = mapped_column(Text, default=None)
     fault_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 from datetime import datetime, timedelta
 
@@ -24,6 +23,7 @@ from engine.jobs.kinds import owner_tag
 from engine.models import Instance, Job, JobKind, JobState, Lifecycle, utcnow
 from engine.naming import vm_name
 from engine.proxmox import ClusterView, Snapshot, VmInfo
+from engine.seeds import SeedTokens
 from engine.settings import Settings
 from engine.store import OPEN, Store, aware
 
@@ -35,8 +35,11 @@ DELETE_BACKOFF_S = (30, 60, 120, 300, 600)  # before the 1st, 2nd… delete the 
 
 
 class Reconciler:
-    def __init__(self, store: Store, cluster: ClusterView, settings: Settings, interval_s: float = 10.0) -> None:
+    def __init__(
+        self, store: Store, seeds: SeedTokens, cluster: ClusterView, settings: Settings, interval_s: float = 10.0
+    ) -> None:
         self._store = store
+        self._seeds = seeds
         self._cluster = cluster
         self._settings = settings
         self._interval = interval_s
@@ -90,7 +93,7 @@ class Reconciler:
                     found = self._cluster.guest_ipv4(vm.node, vm.vmid)
                 self._store.follow_vm(vmid, vm.node, found)
         for vm in self._adoptable(snapshot, set(known)):
-            if self._store.adopt(adopted_row(vm)):
+            if self._store.adopt(adopted_row(vm, self._seeds)):
                 log.info("adopted VM %s (%s) found in Proxmox", vm.vmid, vm.name)
 
     def _finish_delete(self, vmid: int, vm: VmInfo | None, failures: int, last: datetime | None) -> None:
@@ -129,7 +132,7 @@ class Reconciler:
         return settings.adopt_reference_vms and bool(prefix) and vm.name.startswith(prefix)
 
 
-def adopted_row(vm: VmInfo) -> dict[str, object]:
+def adopted_row(vm: VmInfo, seeds: SeedTokens) -> dict[str, object]:
     return {
         "id": vm.vmid,
         "name": vm.name,
@@ -140,5 +143,5 @@ def adopted_row(vm: VmInfo) -> dict[str, object]:
         "cores": vm.maxcpu,
         "memory_mb": vm.maxmem // 1024**2,
         "disk_gb": vm.maxdisk // 1024**3,
-        "seed_token": secrets.token_urlsafe(32),
+        **seeds.new(vm.vmid),
     }

@@ -23,6 +23,7 @@ from engine.jobs.executor import Executor
 from engine.models import Flavour, Instance, Job, JobEvent, JobKind, JobState, Lifecycle, utcnow
 from engine.naming import as_vmid, hostname
 from engine.proxmox import ClusterView, ProxmoxUnavailable, Snapshot
+from engine.seeds import SeedTokens
 from engine.settings import Settings
 from engine.store import Store, aware
 
@@ -47,14 +48,20 @@ class InstanceView:
 
 class Provisioner:
     def __init__(
-        self, settings: Settings, store: Store, cluster: ClusterView, site_keys: list[str], executor: Executor
+        self,
+        settings: Settings,
+        store: Store,
+        seeds: SeedTokens,
+        cluster: ClusterView,
+        site_keys: list[str],
+        executor: Executor,
     ) -> None:
         self.settings = settings
         self.store = store
         self.cluster = cluster
         self.site_keys = site_keys
         self.executor = executor  # runs the jobs this service records; told when there are new ones
-        self.intake = CreateIntake(settings, store, cluster, site_keys, on_committed=executor.notify)
+        self.intake = CreateIntake(settings, store, seeds, cluster, site_keys, on_committed=executor.notify)
 
     def start(self) -> None:
         self.intake.start()
@@ -182,12 +189,13 @@ class Provisioner:
 
     def seed_instance(self, token: str) -> Instance:
         with self.store.read() as session:
-            instance = session.scalar(select(Instance).where(Instance.seed_token == token))
+            instance = session.scalar(select(Instance).where(Instance.seed_token_hash == SeedTokens.digest(token)))
             if instance is None or instance.lifecycle == Lifecycle.DELETED:
                 raise NotFound("no such seed")
             return instance
 
-    def seed_context(self, instance: Instance) -> cloudinit.SeedContext:
+    def seed_context(self, instance: Instance, token: str) -> cloudinit.SeedContext:
+        """What the seed documents say to the guest that presented `token` (its phone-home URL holds it)."""
         return cloudinit.SeedContext(
             instance_id=f"iid-{instance.id}-{int(instance.created_at.timestamp())}",
             hostname=hostname(instance.name, instance.id),
@@ -195,7 +203,7 @@ class Provisioner:
             ssh_keys=list(instance.ssh_keys),
             metadata=dict(instance.meta),
             boot_command=instance.boot_command,
-            phone_home_url=f"{self.settings.seed_base_url}{instance.seed_token}/phone-home",
+            phone_home_url=f"{self.settings.seed_base_url}{token}/phone-home",
             project_id=self.settings.project_id,
         )
 

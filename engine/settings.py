@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from common.validators import check_token, country_code, ip_address
 
@@ -209,6 +211,22 @@ class Settings(BaseSettings):
     @cached_property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.state_dir / 'provisioner.db'}"
+
+    def secret_values(self) -> list[str]:
+        """Every secret this service is configured with, for the redactor: tokens, passwords, the database's."""
+        values = [s.get_secret_value() for s in (self.auth_token, self.operator_token, self.proxmox_password) if s]
+        if self.database_url:
+            try:
+                password = make_url(self.database_url).password
+            except ArgumentError:
+                password = None
+            if password:
+                values.append(str(password))
+        return values
+
+    @property
+    def seed_key_path(self) -> Path:
+        return self.state_dir / "seed.key"
 
     @property
     def seed_base_url(self) -> str:

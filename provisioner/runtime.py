@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from api import operator, seed
-from common.files import write_private
+from common.files import make_private_dir, write_private
 from discovery.client import RegistryClient
 from discovery.server import RegistryHandle, start_registry
 from discovery.settings import RegistrySettings
@@ -22,8 +22,10 @@ from engine.capacity import building_reservations
 from engine.db import Database
 from engine.flavours import seed_flavours
 from engine.jobs.executor import Executor, ExecutorConfig
+from engine.jobs.kinds import Context
 from engine.proxmox import ClusterView, ProxmoxConnection, Snapshot
 from engine.reconciler import Reconciler
+from engine.seeds import SeedTokens
 from engine.service import Provisioner
 from engine.settings import Settings
 from engine.sshkeys import site_keys
@@ -50,6 +52,7 @@ class Runtime:
         self.advertiser: Advertiser | None = None
         self.db = Database(settings.db_url)
         self.store = Store(self.db)
+        self.seeds: SeedTokens  # from its key file, at start
         self.keys = site_keys(settings.ssh_public_keys, settings.ssh_public_key_files)
         self.cluster: ClusterView | None = None
         self.provisioner: Provisioner | None = None
@@ -57,11 +60,12 @@ class Runtime:
         self.reconciler: Reconciler | None = None
 
     def start(self) -> None:
-        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.settings.state_dir)
         if self.settings.provider_id is None:
             key = load_or_create_key(self.settings.provider_key_path)
             self.settings = self.settings.model_copy(update={"provider_id": provider_id(key)})
         settings = self.settings
+        self.seeds = SeedTokens.from_file(settings.seed_key_path)
         self.db.migrate()
         with self.db.session() as session:
             added = seed_flavours(session, settings.flavours_file)
@@ -86,18 +90,18 @@ class Runtime:
                 nice=settings.job_nice,
             ),
             env=self.connection.ansible_env() | discovery_env,
-            secrets=[self.connection.secret],
-            settings=settings,
+            secrets=[self.connection.secret, *settings.secret_values(), *self._registry_secrets()],
+            context=Context(settings, self.seeds),
             after_run=self.cluster.poke,
         )
-        self.provisioner = Provisioner(settings, self.store, self.cluster, self.keys, self.executor)
+        self.provisioner = Provisioner(settings, self.store, self.seeds, self.cluster, self.keys, self.executor)
         self.provisioner.start()
         try:
             self.cluster.start()
         except Exception:
             log.warning("Proxmox is not reachable at start-up; serving with a stale cluster view")
         self.executor.start()
-        self.reconciler = Reconciler(self.store, self.cluster, settings)
+        self.reconciler = Reconciler(self.store, self.seeds, self.cluster, settings)
         self.reconciler.start()
         if self.advertiser is not None:
             self.advertiser.start()
@@ -126,8 +130,8 @@ class Runtime:
         url = settings.discovery_url
         if url is None:
             # The embedded registry takes writes from this provider, plus DISCOVERY_ALLOWED_PROVIDERS ('*': anyone).
-            registry_settings = self.registry_settings or RegistrySettings(state_dir=settings.state_dir)
-            self.registry = start_registry(registry_settings.allowing(own_id))
+            self.registry_settings = self.registry_settings or RegistrySettings(state_dir=settings.state_dir)
+            self.registry = start_registry(self.registry_settings.allowing(own_id))
             url = self.registry.url
             log.info("embedded discovery registry at %s", url)
         self.advertiser = Advertiser(
@@ -143,6 +147,10 @@ class Runtime:
         }
         write_env_file(settings.state_dir / "discovery.env", env)
         return env
+
+    def _registry_secrets(self) -> list[str]:
+        token = self.registry_settings.read_token if self.registry is not None and self.registry_settings else None
+        return [token.get_secret_value()] if token else []
 
     def _advertisement(self, settings: Settings, snapshot: Snapshot | None) -> Advertisement | None:
         if snapshot is None:

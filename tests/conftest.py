@@ -100,6 +100,10 @@ class LiveService:
             session.expunge(instance)
             return instance
 
+    def seed_token(self, instance_id: str) -> str:
+        """The instance's seed token, as the service derives it (the store keeps only its digest)."""
+        return self.runtime.seeds.token(self.stored(instance_id))
+
     def phoned_home(self, instance_id: str, timeout: float = 120) -> Instance:
         """The instance's row once its guest phoned home (cloud-init's final stage ran with our data)."""
         return wait_for(  # type: ignore[no-any-return]

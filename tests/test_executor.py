@@ -11,7 +11,9 @@ import pytest
 
 from engine.db import Database
 from engine.jobs.executor import Executor, ExecutorConfig
+from engine.jobs.kinds import Context
 from engine.models import Instance, Job, JobKind, JobState, Lifecycle, utcnow
+from engine.seeds import SeedTokens
 from engine.settings import Settings
 from engine.store import Store
 
@@ -36,7 +38,8 @@ def make_executor(
         keep_runs=5,
     )
     settings = Settings(insecure_no_auth=True, state_dir=tmp_path)  # type: ignore[call-arg]
-    return Executor(Store(db), config, env={}, secrets=[], settings=settings, after_run=lambda: None)
+    context = Context(settings, SeedTokens(b"k" * 32))
+    return Executor(Store(db), config, env={}, secrets=[], context=context, after_run=lambda: None)
 
 
 def add_instance(db: Database, vmid: int) -> None:
@@ -53,7 +56,7 @@ def add_instance(db: Database, vmid: int) -> None:
                 memory_mb=512,
                 disk_gb=4,
                 lifecycle=Lifecycle.BUILDING,
-                seed_token=uuid.uuid4().hex,
+                seed_token_hash=uuid.uuid4().hex,
             )
         )
 

@@ -30,6 +30,7 @@ from engine.intake import CreateIntake, CreateRequest
 from engine.models import Flavour, Instance, Job, JobKind, JobState, Lifecycle
 from engine.placement import Request
 from engine.proxmox import NodeInfo, ProxmoxUnavailable, Snapshot, StorageInfo, VmInfo
+from engine.seeds import SeedTokens
 from engine.settings import Settings
 from engine.store import Store
 from engine.vmids import VmidAllocator
@@ -101,6 +102,7 @@ class Intake:
         self.intake = CreateIntake(
             Settings(insecure_no_auth=True, cpu_overcommit=1.0, **settings),  # type: ignore[call-arg]
             Store(db),
+            SeedTokens(b"k" * 32),
             cluster,  # type: ignore[arg-type]
             [SITE_KEY],
             on_committed=self._notified,
@@ -164,8 +166,9 @@ def test_concurrent_creates_are_stored_with_their_jobs_on_distinct_vmids(
         assert (instance.name, instance.meta["id"]) == (f"VISA-INSTANCE-{n}", str(n)), "no request got another's data"
         assert instance.lifecycle == Lifecycle.BUILDING and instance.node == "pve1"
         assert instance.ssh_keys == [SITE_KEY] and instance.security_groups == ["default"]
-        assert instance.disk_gb == 20 and instance.seed_token
-    assert len({i.seed_token for i in instances}) == 30
+        assert instance.disk_gb == 20 and instance.seed_token is None  # only its digest is stored
+        assert instance.seed_nonce and instance.seed_token_hash
+    assert len({i.seed_token_hash for i in instances}) == 30
     assert sorted(j.instance_id for j in jobs) == sorted(by_id)
     assert {(j.kind, j.state) for j in jobs} == {(JobKind.CREATE, JobState.PENDING)}
     assert jobs[0].params == {"template": TEMPLATE, "template_node": "pve1", "full_clone": True}

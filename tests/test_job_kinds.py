@@ -6,12 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from engine.jobs.kinds import KINDS, apply_outcome, host_variables
+from engine.jobs.kinds import KINDS, Context, apply_outcome, host_variables
 from engine.jobs.runner import HostOutcome
 from engine.models import Instance, Job, JobKind, Lifecycle
+from engine.seeds import SeedTokens
 from engine.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
+SEEDS = SeedTokens(b"k" * 32)
 
 
 @pytest.fixture
@@ -28,7 +30,7 @@ def settings(tmp_path: Path) -> Settings:
 
 def instance(**values: object) -> Instance:
     fields = {"id": 100123, "vm_name": "VISA-INSTANCE-1", "node": "pve2", "cores": 2, "memory_mb": 4096,
-              "disk_gb": 20, "seed_token": "tok", "security_groups": ["default"],
+              "disk_gb": 20, "seed_nonce": "n1", "security_groups": ["default"],
               "lifecycle": Lifecycle.BUILDING}  # fmt: skip
     return Instance(**(fields | values))
 
@@ -41,7 +43,7 @@ def test_every_kind_runs_a_playbook_of_the_repository() -> None:
 
 def test_a_create_sends_the_whole_vm(settings: Settings) -> None:
     job = Job(kind=JobKind.CREATE, params={"template": "9000", "template_node": "pve1", "full_clone": True})
-    assert host_variables(settings, job, instance()) == {
+    assert host_variables(Context(settings, SEEDS), job, instance()) == {
         "vm_vmid": 100123,
         "vm_name": "VISA-INSTANCE-1",
         "vm_node": "pve2",
@@ -53,7 +55,7 @@ def test_a_create_sends_the_whole_vm(settings: Settings) -> None:
         "vm_disk_gb": 20,
         "vm_tags": ["provisioner"],
         "vm_description": "managed-by=provisioner instance=100123",
-        "vm_seed_url": "http://198.18.0.1:4000/seed/tok/",
+        "vm_seed_url": f"http://198.18.0.1:4000/seed/{SEEDS.token(instance())}/",
         "vm_firewall_groups": ["default"],
         "vm_wait_for_address": True,
         "vm_address_timeout": 300,
@@ -62,7 +64,9 @@ def test_a_create_sends_the_whole_vm(settings: Settings) -> None:
         "vm_storage": "ceph-vm",
     }
     linked = Job(kind=JobKind.CREATE, params={"template": "9000", "template_node": "pve1", "full_clone": False})
-    assert "vm_storage" not in host_variables(settings, linked, instance())  # a linked clone stays by its base
+    assert "vm_storage" not in host_variables(
+        Context(settings, SEEDS), linked, instance()
+    )  # a linked clone stays by its base
 
 
 @pytest.mark.parametrize(
@@ -81,7 +85,7 @@ def test_the_other_kinds_send_the_vm_and_what_they_change(
     settings: Settings, kind: JobKind, params: dict, extra: dict
 ) -> None:
     identity = {"vm_vmid": 100123, "vm_name": "VISA-INSTANCE-1", "vm_node": "pve2"}
-    assert host_variables(settings, Job(kind=kind, params=params), instance()) == identity | extra
+    assert host_variables(Context(settings, SEEDS), Job(kind=kind, params=params), instance()) == identity | extra
 
 
 def test_outcomes_change_the_instance_as_their_kind_says() -> None:

@@ -148,7 +148,7 @@ def test_a_visa_instance_is_a_guest_users_log_in_to(
     assert guest_cluster.sim.vm(int(instance_id)).status == "stopped"
 
     # Delete: the guest, its disk and its seed are gone.
-    token = service.stored(instance_id).seed_token
+    token = service.seed_token(instance_id)
     assert seed_status(service, token) == 200
     disk = guest_cluster.sim.guests.backend.workdir / "guests" / instance_id
     assert disk.exists()

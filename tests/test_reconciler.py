@@ -13,6 +13,7 @@ from engine.jobs.kinds import owner_tag
 from engine.models import Instance, Job, JobKind, JobState, Lifecycle, utcnow
 from engine.proxmox import Snapshot, VmInfo
 from engine.reconciler import Reconciler
+from engine.seeds import SeedTokens
 from engine.settings import Settings
 from engine.store import Store
 from tests.test_store import provisioned
@@ -46,7 +47,7 @@ class Cluster:
 
 def reconciler(db: Database, cluster: Cluster, **settings: object) -> Reconciler:
     values: dict[str, object] = {"insecure_no_auth": True, "provider_id": PROVIDER} | settings
-    return Reconciler(Store(db), cluster, Settings(**values))  # type: ignore[arg-type]
+    return Reconciler(Store(db), SeedTokens(b"k" * 32), cluster, Settings(**values))  # type: ignore[arg-type]
 
 
 def instances(db: Database) -> dict[int, str]:

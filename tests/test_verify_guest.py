@@ -83,7 +83,7 @@ def requested(service: LiveService, instance: Instance, guest_keys: dict[str, Ke
         "vm_disk_gb": instance.disk_gb,
         "vm_address": instance.address,
         "vm_firewall_groups": list(instance.security_groups),
-        "vm_seed_url": f"{service.settings.seed_base_url}{instance.seed_token}/",
+        "vm_seed_url": f"{service.settings.seed_base_url}{service.seed_token(str(instance.id))}/",
         "vm_user": service.settings.cloud_init_user,
         "vm_ssh_keys": list(instance.ssh_keys),
         "vm_metadata": dict(instance.meta),
@@ -130,7 +130,7 @@ def test_verify_scores_a_real_guest_from_inside(
     guest_cluster: Any, service: LiveService, instance: Instance, guest_keys: dict[str, KeyPair], tmp_path: Path
 ) -> None:
     wanted = requested(service, instance, guest_keys)
-    token = instance.seed_token
+    token = service.seed_token(str(instance.id))
     assert wanted["vm_ssh_keys"] == [guest_keys["site"].public, guest_keys["user"].public]
 
     result = verify(guest_cluster, tmp_path, wanted, token)

@@ -21,13 +21,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from engine.jobs.kinds import KINDS, host_variables
+from engine.jobs.kinds import KINDS, Context, host_variables
 from engine.jobs.processes import kill_run, scrub_run_inputs
 from engine.jobs.redact import Redactor
 from engine.jobs.runner import ADDRESS, EventRecord, HostOutcome, PlaybookRun, RunOutcome
 from engine.metrics import BATCH_SIZE, JOBS_FINISHED, RUN_SECONDS
 from engine.models import Job, JobEvent, JobKind, JobState, utcnow
-from engine.settings import Settings
 from engine.store import Finished, Store, aware
 
 log = logging.getLogger(__name__)
@@ -59,14 +58,14 @@ class Executor:
         config: ExecutorConfig,
         env: dict[str, str],
         secrets: list[str],
-        settings: Settings,
+        context: Context,
         after_run: Callable[[], None],
     ) -> None:
         self._store = store
         self._config = config
         self._env = env
         self._secrets = secrets
-        self._settings = settings  # what the job kinds' variables are made of (engine/jobs/kinds.py)
+        self._context = context  # what the job kinds' variables are made of (engine/jobs/kinds.py)
         self._after_run = after_run
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -210,9 +209,9 @@ class Executor:
         kind = None
         for job, instance in self._store.run_jobs(job_ids):
             kind = JobKind(job.kind)
-            hostvars[host_name(instance.id)] = host_variables(self._settings, job, instance)
+            hostvars[host_name(instance.id)] = host_variables(self._context, job, instance)
             host_jobs[host_name(instance.id)] = job.id
-            secrets.append(instance.seed_token)
+            secrets.append(self._context.seeds.token(instance))
         if kind is None:
             return
         cancel = threading.Event()

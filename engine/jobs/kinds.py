@@ -12,6 +12,7 @@ from typing import Any
 
 from engine.jobs.runner import ADDRESS, HostOutcome
 from engine.models import Instance, Job, JobKind, Lifecycle, utcnow
+from engine.seeds import SeedTokens
 from engine.settings import Settings
 
 # The tag every VM this provider creates carries (Proxmox tags and description), and the discovery registry group
@@ -28,7 +29,15 @@ def owner_tag(settings: Settings) -> str | None:
     return f"{MANAGED_TAG}-{settings.provider_id[:16]}" if settings.provider_id else None
 
 
-Variables = Callable[[Settings, Job, Instance], dict[str, Any]]
+@dataclass(frozen=True)
+class Context:
+    """What the kinds' variables are made of, besides the job and its instance."""
+
+    settings: Settings
+    seeds: SeedTokens
+
+
+Variables = Callable[[Context, Job, Instance], dict[str, Any]]
 Finish = Callable[[Job, Instance, HostOutcome], None]
 
 
@@ -42,7 +51,8 @@ class Kind:
     attempts: int = 1  # runs before the job fails (a failed run is retried with a growing backoff)
 
 
-def _create_variables(settings: Settings, job: Job, instance: Instance) -> dict[str, Any]:
+def _create_variables(context: Context, job: Job, instance: Instance) -> dict[str, Any]:
+    settings = context.settings
     variables: dict[str, Any] = {
         "vm_template_vmid": int(job.params["template"]),
         "vm_template_node": job.params["template_node"],
@@ -52,7 +62,7 @@ def _create_variables(settings: Settings, job: Job, instance: Instance) -> dict[
         "vm_disk_gb": instance.disk_gb,
         "vm_tags": [MANAGED_TAG, *([owner] if (owner := owner_tag(settings)) else [])],
         "vm_description": f"managed-by={MANAGED_TAG} instance={instance.id}",
-        "vm_seed_url": f"{settings.seed_base_url}{instance.seed_token}/",
+        "vm_seed_url": f"{settings.seed_base_url}{context.seeds.token(instance)}/",
         "vm_firewall_groups": list(instance.security_groups),
         "vm_wait_for_address": True,
         "vm_address_timeout": settings.address_timeout_s,
@@ -64,19 +74,19 @@ def _create_variables(settings: Settings, job: Job, instance: Instance) -> dict[
     return variables
 
 
-def _firewall_variables(_settings: Settings, job: Job, _instance: Instance) -> dict[str, Any]:
+def _firewall_variables(_context: Context, job: Job, _instance: Instance) -> dict[str, Any]:
     return {
         "vm_firewall_groups_add": job.params.get("add", []),
         "vm_firewall_groups_remove": job.params.get("remove", []),
     }
 
 
-def _address_variables(settings: Settings, _job: Job, _instance: Instance) -> dict[str, Any]:
-    return {"vm_wait_for_address": True, "vm_address_timeout": settings.address_timeout_s}
+def _address_variables(context: Context, _job: Job, _instance: Instance) -> dict[str, Any]:
+    return {"vm_wait_for_address": True, "vm_address_timeout": context.settings.address_timeout_s}
 
 
 def _stop_variables(force: bool) -> Variables:
-    return lambda _settings, _job, _instance: {"vm_force_stop": force}
+    return lambda _context, _job, _instance: {"vm_force_stop": force}
 
 
 def _created(job: Job, instance: Instance, outcome: HostOutcome) -> None:
@@ -115,10 +125,10 @@ KINDS: dict[JobKind, Kind] = {
 }
 
 
-def host_variables(settings: Settings, job: Job, instance: Instance) -> dict[str, Any]:
+def host_variables(context: Context, job: Job, instance: Instance) -> dict[str, Any]:
     """The per-VM variables of docs/contract.md §2 for this job."""
     identity = {"vm_vmid": instance.id, "vm_name": instance.vm_name, "vm_node": instance.node}
-    return identity | KINDS[JobKind(job.kind)].variables(settings, job, instance)
+    return identity | KINDS[JobKind(job.kind)].variables(context, job, instance)
 
 
 def apply_outcome(job: Job, instance: Instance, outcome: HostOutcome) -> None:

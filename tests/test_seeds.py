@@ -1,0 +1,98 @@
+"""Seed tokens: derived from a private key and a per-instance nonce; the store keeps only their digests."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import text
+from sqlalchemy.exc import StatementError
+
+from engine.db import Database
+from engine.models import Instance
+from engine.seeds import SeedTokens
+from engine.settings import Settings
+
+
+def test_a_token_is_derived_again_from_the_key_and_the_stored_nonce(tmp_path: Path):
+    seeds = SeedTokens.from_file(tmp_path / "state" / "seed.key")
+    stored = seeds.new(100001)
+    instance = Instance(id=100001, **stored)
+    token = seeds.token(instance)
+    assert len(token) == 43 and token not in str(stored)  # 256 bits, URL-safe; not in what is stored
+    assert SeedTokens.digest(token) == stored["seed_token_hash"]
+    assert SeedTokens.from_file(tmp_path / "state" / "seed.key").token(instance) == token  # the same after a restart
+    assert stat.S_IMODE((tmp_path / "state" / "seed.key").stat().st_mode) == 0o600
+
+
+def test_tokens_differ_per_instance_per_nonce_and_per_key():
+    seeds, other = SeedTokens(b"a" * 32), SeedTokens(b"b" * 32)
+    one, two = Instance(id=1, seed_nonce="n"), Instance(id=2, seed_nonce="n")
+    assert len({seeds.token(one), seeds.token(two), seeds.token(Instance(id=1, seed_nonce="m")), other.token(one)}) == 4
+
+
+def test_an_instance_stored_by_an_older_release_keeps_its_clear_token():
+    assert SeedTokens(b"a" * 32).token(Instance(id=1, seed_token="legacy-token-value")) == "legacy-token-value"
+
+
+def test_a_short_key_is_refused():
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        SeedTokens(b"short")
+
+
+def test_the_upgrade_keeps_the_tokens_of_instances_stored_before_digests(tmp_path: Path):
+    database = Database(f"sqlite:///{tmp_path / 'old.db'}")
+    config = Config()
+    config.set_main_option("script_location", str(database.migrations))
+    with database.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0002")
+        connection.execute(
+            text(
+                "INSERT INTO instances (id, name, vm_name, image_id, flavour_id, node, cores, memory_mb, disk_gb,"
+                " lifecycle, meta, security_groups, ssh_keys, seed_token, adopted, created_at, updated_at) VALUES"
+                " (100001, 'n', 'n', '9000', 'small', 'pve1', 1, 512, 4, 'provisioned', '{}', '[]', '[]',"
+                " 'legacy-token-value', 0, '2026-01-01', '2026-01-01')"
+            )
+        )
+    database.migrate()
+    with database.session() as session:
+        instance = session.get_one(Instance, 100001)
+        assert instance.seed_token_hash == SeedTokens.digest("legacy-token-value")
+        assert SeedTokens(b"a" * 32).token(instance) == "legacy-token-value"
+    database.dispose()
+
+
+def test_the_state_directory_and_database_files_are_private(tmp_path: Path):
+    state = tmp_path / "state"
+    database = Database(f"sqlite:///{state / 'provisioner.db'}")
+    database.migrate()
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    for name in ("provisioner.db", "provisioner.db-wal", "provisioner.db-shm"):
+        if (state / name).exists():
+            assert stat.S_IMODE((state / name).stat().st_mode) == 0o600, name
+    database.dispose()
+
+
+def test_every_configured_secret_is_redacted():
+    settings = Settings(  # type: ignore[call-arg]
+        auth_token="visa-token-0123456789",
+        operator_token="operator-token-0123456789",
+        proxmox_password="pw",
+        database_url="postgresql+psycopg://provisioner:db-password@db/provisioner",
+    )
+    assert sorted(settings.secret_values()) == sorted(
+        ["visa-token-0123456789", "operator-token-0123456789", "pw", "db-password"]
+    )
+
+
+def test_statement_parameters_never_reach_errors_or_logs(tmp_path: Path):
+    database = Database(f"sqlite:///{tmp_path / 'p.db'}")
+    database.migrate()
+    with pytest.raises(StatementError) as raised, database.session() as session:
+        session.execute(text("INSERT INTO flavours (id) VALUES (:secret)"), {"secret": "seed-token-value"})
+    assert "seed-token-value" not in str(raised.value)
+    database.dispose()
