@@ -53,6 +53,7 @@ class JobKind(enum.StrEnum):
     STOP = "stop"
     REBOOT = "reboot"
     FIREWALL = "firewall"
+    REGISTER = "register"  # the VM in the discovery registry, when the create could not register it
 
 
 class Instance(Base):
@@ -84,6 +85,8 @@ class Instance(Base):
     phoned_home_at: Mapped[datetime | None] = mapped_column(default=None)
     host_key: Mapped[str | None] = mapped_column(Text, default=None)
     adopted: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Up, but the discovery registry did not take it yet: the reconciler registers it (a register job).
+    registration_pending: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     delete_requested_at: Mapped[datetime | None] = mapped_column(default=None)  # the first delete, for its timeout

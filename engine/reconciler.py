@@ -6,6 +6,8 @@
   as deleted;
 * finishes deletions: a DELETING instance whose VM is gone becomes DELETED, and one whose deletes all failed gets
   a new delete job, with a growing backoff, until its VM is gone;
+* registers in the discovery registry the instances whose create could not (a register job, with the same
+  backoff);
 * adopts VMs of ours the store does not know (after data loss): only VMs tagged with this provider's owner tag
   (`kinds.owner_tag`), inside its VMID range; with `PROVISIONER_ADOPT_REFERENCE_VMS`, also VMs named with VISA's
   prefix (the reference provider's, when a site switches over).
@@ -31,7 +33,8 @@ log = logging.getLogger(__name__)
 
 VANISHED_AFTER = 3  # consecutive fresh snapshots without the VM
 ADDRESS_LOOKUPS_PER_PASS = 20
-DELETE_BACKOFF_S = (30, 60, 120, 300, 600)  # before the 1st, 2nd… delete the reconciler adds; then the last
+BACKOFF_S = (0, 30, 60, 120, 300, 600)  # after 0, 1, 2… failed follow-up jobs (deletes, registrations); then the last
+FAILURES = (JobState.FAILED, JobState.ERROR)
 
 
 class Reconciler:
@@ -69,29 +72,36 @@ class Reconciler:
             return
         with self._store.read() as session:
             busy = set(session.scalars(select(Job.instance_id).where(Job.state.in_(OPEN))))
-            known = {i.id: (Lifecycle(i.lifecycle), i.address) for i in session.scalars(select(Instance))}
-            deletes = session.execute(
-                select(Job.instance_id, func.count(Job.id), func.max(Job.finished_at))
-                .where(Job.kind == JobKind.DELETE, Job.state.in_((JobState.FAILED, JobState.ERROR)))
-                .group_by(Job.instance_id)
+            instances = list(session.scalars(select(Instance)))
+            known = {i.id: (Lifecycle(i.lifecycle), i.address) for i in instances}
+            unregistered = {i.id for i in instances if i.registration_pending}
+            failed = session.execute(
+                select(Job.instance_id, Job.kind, func.count(Job.id), func.max(Job.finished_at))
+                .where(Job.kind.in_((JobKind.DELETE, JobKind.REGISTER)), Job.state.in_(FAILURES))
+                .group_by(Job.instance_id, Job.kind)
             )
-            failed_deletes = {vmid: (count, last) for vmid, count, last in deletes}
+            failures = {(vmid, kind): (count, last) for vmid, kind, count, last in failed}
         lookups = 0
         for vmid, (lifecycle, address) in known.items():
             if vmid in busy:
                 continue
             vm = snapshot.vms.get(vmid)
             if lifecycle == Lifecycle.DELETING:
-                self._finish_delete(vmid, vm, *failed_deletes.get(vmid, (0, None)))
-            elif lifecycle == Lifecycle.PROVISIONED and vm is None:
+                self._finish_delete(vmid, vm, *failures.get((vmid, JobKind.DELETE), (0, None)))
+                continue
+            if lifecycle != Lifecycle.PROVISIONED:
+                continue
+            if vm is None:
                 self._note_missing(vmid)
-            elif lifecycle == Lifecycle.PROVISIONED and vm is not None:
-                self._missing.pop(vmid, None)
-                found = None
-                if vm.status == "running" and not address and lookups < ADDRESS_LOOKUPS_PER_PASS:
-                    lookups += 1
-                    found = self._cluster.guest_ipv4(vm.node, vm.vmid)
-                self._store.follow_vm(vmid, vm.node, found)
+                continue
+            self._missing.pop(vmid, None)
+            found = None
+            if vm.status == "running" and not address and lookups < ADDRESS_LOOKUPS_PER_PASS:
+                lookups += 1
+                found = self._cluster.guest_ipv4(vm.node, vm.vmid)
+            self._store.follow_vm(vmid, vm.node, found)
+            if vmid in unregistered and self._settings.discovery_enabled:
+                self._register(vmid, *failures.get((vmid, JobKind.REGISTER), (0, None)))
         for vm in self._adoptable(snapshot, set(known)):
             if self._store.adopt(adopted_row(vm, self._seeds)):
                 log.info("adopted VM %s (%s) found in Proxmox", vm.vmid, vm.name)
@@ -101,12 +111,12 @@ class Reconciler:
             if self._store.confirm_deleted(vmid):
                 log.info("instance %s: its VM is gone; deleted", vmid)
             return
-        if failures == 0:
-            return
-        wait = DELETE_BACKOFF_S[min(failures, len(DELETE_BACKOFF_S)) - 1]
-        not_before = (aware(last) if last else utcnow()) + timedelta(seconds=wait)
-        if self._store.retry_delete(vmid, not_before):
+        if failures and self._store.retry_delete(vmid, backoff(failures, last)):
             log.warning("instance %s: its VM is still there after %d failed delete(s); deleting again", vmid, failures)
+
+    def _register(self, vmid: int, failures: int, last: datetime | None) -> None:
+        if self._store.request_registration(vmid, backoff(failures, last)):
+            log.info("instance %s: registering it in the discovery registry (%d failed before)", vmid, failures)
 
     def _note_missing(self, vmid: int) -> None:
         count = self._missing.get(vmid, 0) + 1
@@ -130,6 +140,12 @@ class Reconciler:
             return True
         prefix = settings.server_name_prefix
         return settings.adopt_reference_vms and bool(prefix) and vm.name.startswith(prefix)
+
+
+def backoff(failures: int, last: datetime | None) -> datetime:
+    """When the next follow-up job is due, after `failures` failed ones (the last one finished at `last`)."""
+    wait = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
+    return (aware(last) if last else utcnow()) + timedelta(seconds=wait)
 
 
 def adopted_row(vm: VmInfo, seeds: SeedTokens) -> dict[str, object]:

@@ -275,13 +275,28 @@ class Store:
 
     def retry_delete(self, vmid: int, not_before: datetime) -> Job | None:
         """A new delete job for a DELETING instance whose deletes all failed (the VM is still there)."""
+        return self._follow_up(vmid, JobKind.DELETE, not_before, lambda i: i.lifecycle == Lifecycle.DELETING)
+
+    def request_registration(self, vmid: int, not_before: datetime) -> Job | None:
+        """A register job for a provisioned instance the discovery registry did not take yet."""
+        return self._follow_up(
+            vmid,
+            JobKind.REGISTER,
+            not_before,
+            lambda i: i.lifecycle == Lifecycle.PROVISIONED and i.registration_pending,
+        )
+
+    def _follow_up(
+        self, vmid: int, kind: JobKind, not_before: datetime, still: Callable[[Instance], bool]
+    ) -> Job | None:
+        """One job of kind, due at not_before, for an instance that is `still` as it was seen, with no job open."""
         with self.db.write() as session:
             instance = session.get(Instance, vmid)
-            if instance is None or instance.lifecycle != Lifecycle.DELETING:
+            if instance is None or not still(instance):
                 return None
             if session.scalar(_open_jobs(vmid).limit(1)) is not None:
                 return None
-            job = _enqueue(session, vmid, JobKind.DELETE, {}, max_attempts=1)
+            job = _enqueue(session, vmid, kind, {}, max_attempts=1)
             job.not_before = not_before
             return job
 

@@ -203,3 +203,40 @@ def test_a_rate_limited_request_is_sent_again_after_retry_after_within_the_budge
     monkeypatch.setattr(impatient, "_exchange_once", lambda *args: (_ for _ in ()).throw(answers[0]))
     with pytest.raises(client.RegistryError, match="429"):
         impatient.request("POST", "/api/v1/hosts", payload={})
+
+
+def test_no_answer_and_server_errors_are_tried_again_with_a_doubling_backoff_but_refusals_are_not(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    client = module_utils
+    down = client.RegistryError("the discovery registry at x did not answer: timed out")
+    answers: list[Any] = [down, client.RegistryError("503", 503, "HTTP_503"), down, ({"ok": True}, {})]
+    sent, slept = [], []
+
+    def once(*args: Any) -> Any:
+        sent.append(args)
+        answer = answers[len(sent) - 1]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(client.time, "sleep", slept.append)
+    registry = client.Registry("http://registry.invalid", retries=3)
+    monkeypatch.setattr(registry, "_exchange_once", once)
+    assert registry.request("PUT", "/api/v1/hosts/x", payload={}) == {"ok": True}
+    assert slept == [1, 2, 4] and len(sent) == 4
+
+    sent.clear()
+    answers[:] = [down] * 5
+    stubborn = client.Registry("http://registry.invalid", retries=1)
+    monkeypatch.setattr(stubborn, "_exchange_once", once)
+    with pytest.raises(client.RegistryError, match="did not answer"):
+        stubborn.request("GET", "/api/v1/hosts")
+    assert len(sent) == 2
+
+    refused = client.Registry("http://registry.invalid", retries=3)
+    monkeypatch.setattr(refused, "_exchange_once", lambda *a: (_ for _ in ()).throw(client.RegistryError("403", 403)))
+    slept.clear()
+    with pytest.raises(client.RegistryError, match="403"):
+        refused.request("POST", "/api/v1/hosts", payload={})
+    assert slept == []

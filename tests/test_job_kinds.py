@@ -108,3 +108,36 @@ def test_outcomes_change_the_instance_as_their_kind_says() -> None:
     kept = instance(lifecycle=Lifecycle.DELETING, address="198.18.0.7")
     apply_outcome(Job(kind=JobKind.DELETE), kept, HostOutcome(ok=False, error="locked"))
     assert kept.lifecycle == Lifecycle.DELETING and kept.address == "198.18.0.7"
+
+
+def test_a_vm_that_is_up_is_provisioned_even_when_only_its_registration_failed() -> None:
+    up = instance()
+    registry_down = HostOutcome(
+        ok=False,
+        error="the discovery registry at http://r did not answer: timed out",
+        failed_action="provisioner.discovery.host",
+        facts={"address": "198.18.0.7"},
+    )
+    apply_outcome(Job(kind=JobKind.CREATE), up, registry_down)
+    assert (up.lifecycle, up.address, up.registration_pending) == (Lifecycle.PROVISIONED, "198.18.0.7", True)
+
+    never_up = instance()
+    no_address = HostOutcome(ok=False, error="no address", failed_action="provisioner.discovery.host")
+    apply_outcome(Job(kind=JobKind.CREATE), never_up, no_address)
+    assert never_up.lifecycle == Lifecycle.ERROR
+
+    apply_outcome(Job(kind=JobKind.REGISTER), up, HostOutcome(ok=True))
+    assert not up.registration_pending
+
+
+def test_a_registration_sends_the_discovery_roles_own_variables(settings: Settings) -> None:
+    registered = instance(lifecycle=Lifecycle.PROVISIONED, address="198.18.0.7")
+    assert host_variables(Context(settings, SEEDS), Job(kind=JobKind.REGISTER), registered) == {
+        "vm_vmid": 100123,
+        "vm_name": "VISA-INSTANCE-1",
+        "vm_node": "pve2",
+        "discovery_host_name": "VISA-INSTANCE-1",
+        "discovery_host_address": "198.18.0.7",
+        "discovery_host_groups": ["visa"],
+        "discovery_instance_id": "100123",
+    }

@@ -235,6 +235,10 @@ class Executor:
         with RUN_SECONDS.labels(KINDS[kind].playbook).time():
             outcome = run.execute(cancel)
         log.info("run %s finished: %s", run_id, outcome.status)
+        for host, result in outcome.hosts.items():
+            if not result.ok:
+                step = repr(result.failed_task) if result.failed_task else "before its first task"
+                log.warning("run %s: %s failed at %s: %s", run_id, host, step, result.error)
         self._finish_all(run_id, list(host_jobs.values()), outcome)
 
     def _store_events(self, host_jobs: dict[str, str], records: list[EventRecord]) -> None:

@@ -19,6 +19,7 @@ from engine.settings import Settings
 # every VISA instance is registered in once it has its address.
 MANAGED_TAG = "provisioner"
 DISCOVERY_GROUP = "visa"
+DISCOVERY_ACTION = "provisioner.discovery.host"
 
 # The fault of an instance whose deletes kept failing for longer than PROVISIONER_DELETE_ERROR_AFTER.
 DELETE_FAULT = "the instance could not be deleted"
@@ -90,8 +91,10 @@ def _stop_variables(force: bool) -> Variables:
 
 
 def _created(job: Job, instance: Instance, outcome: HostOutcome) -> None:
-    if outcome.ok:
+    if outcome.ok or unregistered(outcome):
+        # A VM that is up with its address is ACTIVE whatever the registry does; it is registered later.
         instance.lifecycle = Lifecycle.PROVISIONED
+        instance.registration_pending = not outcome.ok
     elif instance.lifecycle == Lifecycle.BUILDING:
         instance.lifecycle = Lifecycle.ERROR
         instance.fault_message = "instance creation failed"
@@ -110,6 +113,26 @@ def _deleted(job: Job, instance: Instance, outcome: HostOutcome) -> None:
         instance.fault_at = utcnow()
 
 
+def _registered(_job: Job, instance: Instance, outcome: HostOutcome) -> None:
+    if outcome.ok:
+        instance.registration_pending = False
+
+
+def unregistered(outcome: HostOutcome) -> bool:
+    """The VM came up with its address, and only its registration in the discovery registry failed."""
+    return ADDRESS in outcome.facts and outcome.failed_action == DISCOVERY_ACTION
+
+
+def _register_variables(_context: Context, _job: Job, instance: Instance) -> dict[str, Any]:
+    """The discovery role's own variables (playbooks/register.yml passes them through)."""
+    return {
+        "discovery_host_name": instance.vm_name,
+        "discovery_host_address": instance.address or "",
+        "discovery_host_groups": [DISCOVERY_GROUP],
+        "discovery_instance_id": str(instance.id),
+    }
+
+
 def _unchanged(_job: Job, _instance: Instance, _outcome: HostOutcome) -> None:
     """The power and firewall kinds change nothing but the address (taken for every kind)."""
 
@@ -122,6 +145,7 @@ KINDS: dict[JobKind, Kind] = {
     JobKind.STOP: Kind("stop.yml", _stop_variables(force=True), _unchanged),
     JobKind.REBOOT: Kind("reboot.yml", _address_variables, _unchanged, rerun_after_crash=False),
     JobKind.FIREWALL: Kind("firewall.yml", _firewall_variables, _unchanged),
+    JobKind.REGISTER: Kind("register.yml", _register_variables, _registered),
 }
 
 

@@ -52,6 +52,7 @@ class HostOutcome:
     seen: bool = False
     error: str | None = None
     failed_task: str | None = None
+    failed_action: str | None = None  # the module or action of the failed task
     changed: bool = False
     facts: dict[str, Any] = field(default_factory=dict)
 
@@ -182,6 +183,7 @@ class PlaybookRun:
             if name in FAILED_EVENTS and not data.get("ignore_errors"):
                 outcome.ok = False
                 outcome.failed_task = data.get("task")
+                outcome.failed_action = data.get("resolved_action") or data.get("task_action")
                 outcome.error = self.redactor.text(_failure_message(res))
         record = EventRecord(
             host=host,

@@ -30,6 +30,13 @@ options:
       - 0 fails at the first 429.
     type: int
     default: 120
+  retries:
+    description:
+      - Times a request the registry did not answer (timeout, refused connection) or answered with a server error
+        (5xx) is sent again, after 1, 2, 4… seconds (at most 30). Every try is signed afresh.
+      - 0 fails at the first such error. Refusals (4xx) are never retried.
+    type: int
+    default: 3
   validate_certs:
     description: Verify the registry's TLS certificate (HTTPS URLs).
     type: bool

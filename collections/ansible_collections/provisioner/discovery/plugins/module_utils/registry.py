@@ -37,6 +37,9 @@ class RegistryError(Exception):
         self.retry_after = retry_after
 
 
+MAX_BACKOFF_S = 30
+
+
 def connection_argument_spec():
     """The options every module talking to the registry has (doc fragment provisioner.discovery.connection)."""
     return dict(
@@ -46,6 +49,7 @@ def connection_argument_spec():
         ),
         timeout=dict(type="int", default=10),
         rate_limit_wait=dict(type="int", default=120),
+        retries=dict(type="int", default=3),
         validate_certs=dict(type="bool", default=True),
         ca_path=dict(type="path"),
     )
@@ -88,10 +92,19 @@ class Registry:
     """JSON requests to one registry: signed with `key`, or carrying the `read_token` bearer token."""
 
     def __init__(
-        self, url, key=None, read_token=None, timeout=10, validate_certs=True, ca_path=None, rate_limit_wait=0
+        self,
+        url,
+        key=None,
+        read_token=None,
+        timeout=10,
+        validate_certs=True,
+        ca_path=None,
+        rate_limit_wait=0,
+        retries=0,
     ):
         self.base = url.rstrip("/")
         self.rate_limit_wait = rate_limit_wait
+        self.retries = retries
         self.key = key
         self.read_token = read_token
         self.timeout = timeout
@@ -109,6 +122,7 @@ class Registry:
             params["validate_certs"],
             params["ca_path"],
             params["rate_limit_wait"],
+            params.get("retries", 0),
         )
 
     @property
@@ -120,13 +134,22 @@ class Registry:
         return self.exchange(method, path, query, payload, missing_ok)[0]
 
     def exchange(self, method, path, query=None, payload=None, missing_ok=False):
-        """(decoded JSON answer, response headers). A 429 is sent again after its Retry-After (a fresh signature
-        and nonce each time) for up to rate_limit_wait seconds in all."""
+        """(decoded JSON answer, response headers). A 429 is sent again after its Retry-After for up to
+        rate_limit_wait seconds in all; no answer or a 5xx, up to `retries` times with a doubling backoff. Each
+        try is signed afresh (a new nonce): the registry's writes are upserts, so a write that did land before
+        its answer was lost is harmless to send again."""
         deadline = time.monotonic() + self.rate_limit_wait
+        failures = 0
         while True:
             try:
                 return self._exchange_once(method, path, query, payload, missing_ok)
             except RegistryError as exc:
+                if exc.status is None or exc.status >= 500:
+                    failures += 1
+                    if failures > self.retries:
+                        raise
+                    time.sleep(min(MAX_BACKOFF_S, 2 ** (failures - 1)))
+                    continue
                 wait = exc.retry_after
                 if exc.status != 429 or wait is None or time.monotonic() + wait > deadline:
                     raise
