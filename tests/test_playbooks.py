@@ -89,3 +89,38 @@ def test_example_inventory_creates_verifies_and_deletes_a_group(simulator: Any):
     deleted = playbook(simulator, "delete.yml", *example)
     assert deleted.returncode == 0, deleted.stdout[-3000:]
     assert all(simulator.sim.vm(vmid) is None for vmid in web)
+
+
+def test_tags_run_single_steps_of_a_create(simulator: Any):
+    """--tags proxmox_vm_<step> converges that step only (the role passes the module only its options)."""
+    vm = ("-e", "@examples/vm.yml", "-e", '{"vm_vmid": 4250, "vm_name": "tagged-vm"}')
+
+    def run(*tags: str) -> subprocess.CompletedProcess[str]:
+        done = playbook(simulator, "create.yml", *vm, *tags)
+        assert done.returncode == 0, done.stdout[-3000:]
+        return done
+
+    run("--tags", "proxmox_vm_clone")
+    cloned = simulator.sim.vm(4250)
+    assert cloned.status == "stopped" and int(cloned.config["cores"]) == 1, "the clone alone keeps the template's spec"
+    assert "serial=" not in cloned.config.get("smbios1", "")
+    assert simulator.sim.firewall_config("vm", vmid=4250)["rules"] == []
+
+    before = len(simulator.sim.requests)
+    run("--tags", "proxmox_vm_spec,proxmox_vm_disk", "--check")
+    assert [r for r in list(simulator.sim.requests)[before:] if r[0] in ("POST", "PUT", "DELETE")] == []
+    run("--tags", "proxmox_vm_spec,proxmox_vm_disk")
+    sized = simulator.sim.vm(4250)
+    assert int(sized.config["cores"]) == 2 and ",size=8G" in sized.config["scsi0"]
+    assert sized.status == "stopped" and "serial=" not in sized.config.get("smbios1", "")
+
+    run("--tags", "proxmox_vm_seed,proxmox_vm_firewall")
+    assert "serial=" in simulator.sim.vm(4250).config["smbios1"]
+    assert len(simulator.sim.firewall_config("vm", vmid=4250)["rules"]) == 2
+    assert simulator.sim.vm(4250).status == "stopped"
+
+    started = run()
+    assert simulator.sim.vm(4250).status == "running"
+    assert recap(started.stdout)["localhost"]["changed"] == 1, "only the start was left to do"
+    gone = playbook(simulator, "delete.yml", *vm)
+    assert gone.returncode == 0, gone.stdout[-3000:]

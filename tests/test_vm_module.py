@@ -1,4 +1,4 @@
-"""provisioner.proxmox.vm: its decisions (pure functions) and its behaviour against the simulator."""
+"""provisioner.proxmox.vm: its parts' decisions (pure functions), its plan, and its behaviour against the simulator."""
 
 from __future__ import annotations
 
@@ -11,6 +11,17 @@ from typing import Any
 from urllib.parse import unquote
 
 import pytest
+import yaml
+from ansible_collections.community.proxmox.plugins.module_utils.proxmox import proxmox_auth_argument_spec
+from ansible_collections.provisioner.proxmox.plugins.module_utils import (
+    vm_address,
+    vm_checks,
+    vm_config,
+    vm_disk,
+    vm_firewall,
+    vm_seed,
+)
+from ansible_collections.provisioner.proxmox.plugins.module_utils.vm_plan import Change, carry_out
 from ansible_collections.provisioner.proxmox.plugins.modules import vm as vm_module
 
 from tests.conftest import MUTATING, ROOT, SITE_KEY, USER_KEY, ansible_env
@@ -48,12 +59,14 @@ def params(**overrides: Any) -> dict[str, Any]:
         node="pve1",
         disk="scsi0",
         description=None,
-        agent=True,
+        agent=None,
         cloud_init_seed_url=None,
+        cloud_init_datasource="nocloud-net",
         remove_cloud_init_drives=False,
         firewall_groups=[],
         firewall_groups_absent=[],
         state="present",
+        force=False,
         wait_for_address=False,
     )
     values.update(overrides)
@@ -61,7 +74,7 @@ def params(**overrides: Any) -> dict[str, Any]:
 
 
 def test_input_problems_name_every_bad_value_at_once():
-    problems = vm_module.input_problems(
+    problems = vm_checks.input_problems(
         params(vmid=99, name="bad_name", cores=0, memory_mb=8, disk_gb=0, disk="hda", cloud_init_seed_url="ftp://x")
     )
     assert problems == [
@@ -73,10 +86,10 @@ def test_input_problems_name_every_bad_value_at_once():
         "disk 'hda' is not a disk key such as scsi0",
         "cloud_init_seed_url must be an http(s) URL ending in '/' without ';', ',' or spaces",
     ]
-    assert vm_module.input_problems(params(firewall_groups=["ssh"], firewall_groups_absent=["ssh"])) == [
+    assert vm_checks.input_problems(params(firewall_groups=["ssh"], firewall_groups_absent=["ssh"])) == [
         "groups both wanted and unwanted: ssh"
     ]
-    assert vm_module.input_problems(params(name="VISA-INSTANCE-42", cores=1, memory_mb=16, disk_gb=1)) == []
+    assert vm_checks.input_problems(params(name="VISA-INSTANCE-42", cores=1, memory_mb=16, disk_gb=1)) == []
 
 
 def test_cluster_problems_refuse_foreign_vmids_and_wrong_templates():
@@ -86,19 +99,19 @@ def test_cluster_problems_refuse_foreign_vmids_and_wrong_templates():
         9000: {"vmid": 9000, "type": "qemu", "name": "tpl", "node": "pve1", "template": 1},
         9100: {"vmid": 9100, "type": "qemu", "name": "plain", "node": "pve1"},
     }
-    taken = vm_module.cluster_problems(params(name="mine"), guests, nodes, [])
+    taken = vm_checks.cluster_problems(params(name="mine"), guests, nodes, [])
     assert taken == ["VMID 4600 is lxc 'ct' on node pve1, not VM 'mine' on node pve1; refusing to adopt it"]
     fresh = params(vmid=4601, name="mine", template_vmid=9100, template_node="pve1", node="pve2")
-    assert vm_module.cluster_problems(fresh, guests, nodes, ["ssh"]) == [
+    assert vm_checks.cluster_problems(fresh, guests, nodes, ["ssh"]) == [
         "node pve2 is not online (status offline)",
         "guest 9100 (plain) is not a QEMU template",
     ]
     elsewhere = params(vmid=4601, name="mine", template_vmid=9000, template_node="pve2", firewall_groups=["db", "x"])
-    assert vm_module.cluster_problems(elsewhere, guests, nodes, ["ssh"]) == [
+    assert vm_checks.cluster_problems(elsewhere, guests, nodes, ["ssh"]) == [
         "template 9000 is on node pve1, not on pve2",
         "unknown firewall security groups db, x (the cluster has: ssh)",
     ]
-    assert vm_module.cluster_problems(params(vmid=4601, node="pve9"), guests, nodes, [])[0].startswith(
+    assert vm_checks.cluster_problems(params(vmid=4601, node="pve9"), guests, nodes, [])[0].startswith(
         "node 'pve9' is not a node of the cluster (nodes: pve1, pve2)"
     )
 
@@ -115,8 +128,15 @@ def test_config_changes_send_only_what_differs():
         "ide0": "none,media=cdrom",
         "scsi0": "ceph-vm:vm-4600-disk-0,size=3G",
     }
-    p = params(name="module-test", cores=2, memory_mb=2048, tags=["provisioner", "test"], remove_cloud_init_drives=True)
-    updates, deletes = vm_module.config_changes(p, config, "c2VyaWFs")
+    p = params(
+        name="module-test",
+        cores=2,
+        memory_mb=2048,
+        tags=["provisioner", "test"],
+        agent=True,
+        remove_cloud_init_drives=True,
+    )
+    updates, deletes = vm_config.update(p, config, "c2VyaWFs")
     assert updates == {
         "memory": 2048,
         "agent": "enabled=1,fstrim_cloned_disks=1",
@@ -125,7 +145,7 @@ def test_config_changes_send_only_what_differs():
     assert deletes == ["ide2"]
     converged = dict(config, memory="2048", agent="enabled=1", smbios1="base64=1,serial=c2VyaWFs,uuid=abcd")
     del converged["ide2"]
-    assert vm_module.config_changes(p, converged, "c2VyaWFs") == ({}, [])
+    assert vm_config.update(p, converged, "c2VyaWFs") == ({}, [])
 
 
 def test_ssh_keys_are_checked_like_the_service_checks_them():
@@ -151,14 +171,14 @@ def test_ssh_keys_are_checked_like_the_service_checks_them():
         "",
     ]
     for key in corpus:
-        assert (vm_module.ssh_key_problem(key) is None) == service_accepts(key), key
+        assert (vm_seed.ssh_key_problem(key) is None) == service_accepts(key), key
 
 
 def test_disk_sizes_are_compared_in_bytes():
-    assert vm_module.disk_bytes("ceph-vm:vm-1-disk-0,size=3584M") == 3584 << 20
-    assert vm_module.disk_bytes("local:vm-1-disk-0,cache=none,size=8G,ssd=1") == 8 << 30
-    assert vm_module.disk_bytes("local:vm-1-disk-0") == -1
-    assert vm_module.size_label(3584 << 20) == "3584M"
+    assert vm_disk.disk_bytes("ceph-vm:vm-1-disk-0,size=3584M") == 3584 << 20
+    assert vm_disk.disk_bytes("local:vm-1-disk-0,cache=none,size=8G,ssd=1") == 8 << 30
+    assert vm_disk.disk_bytes("local:vm-1-disk-0") == -1
+    assert vm_disk.size_label(3584 << 20) == "3584M"
 
 
 def test_firewall_plan_enables_adds_and_deletes_group_rules_only():
@@ -169,8 +189,8 @@ def test_firewall_plan_enables_adds_and_deletes_group_rules_only():
         {"pos": 3, "type": "group", "action": "old", "enable": 1},
         {"pos": 4, "type": "group", "action": "old"},
     ]
-    assert vm_module.firewall_plan(rules, ["ssh", "default", "web", "web"], ["old"]) == (["web"], [1], [4, 3])
-    assert vm_module.firewall_plan(rules, ["default"], []) == ([], [], [])
+    assert vm_firewall.plan(rules, ["ssh", "default", "web", "web"], ["old"]) == (["web"], [1], [4, 3])
+    assert vm_firewall.plan(rules, ["default"], []) == ([], [], [])
 
 
 def test_first_ipv4_skips_loopback_and_link_local():
@@ -185,8 +205,74 @@ def test_first_ipv4_skips_loopback_and_link_local():
             ],
         },
     ]
-    assert vm_module.first_ipv4(interfaces) == "10.1.2.3"
-    assert vm_module.first_ipv4([]) is None
+    assert vm_address.first_ipv4(interfaces) == "10.1.2.3"
+    assert vm_address.first_ipv4([]) is None
+
+
+def test_the_documentation_parses_and_names_every_option():
+    documented = yaml.safe_load(vm_module.DOCUMENTATION)["options"]
+    own = set(vm_module.ARGUMENT_SPEC) - set(proxmox_auth_argument_spec())  # the doc fragment's
+    assert own == set(documented)
+    for option, spec in documented.items():
+        assert spec["type"] == vm_module.ARGUMENT_SPEC[option]["type"], option
+        assert spec.get("default") == vm_module.ARGUMENT_SPEC[option].get("default"), option
+    assert yaml.safe_load(vm_module.EXAMPLES) and set(yaml.safe_load(vm_module.RETURN)) == {
+        "vmid",
+        "node",
+        "changes",
+        "status",
+        "address",
+        "retries",
+    }
+
+
+class NothingToRead:
+    """A VM whose reads fail the test: a part that was not asked for must not look at the VM."""
+
+    def read_config(self) -> dict[str, Any]:
+        raise AssertionError("read the config")
+
+    def read_firewall_rules(self) -> list[dict[str, Any]]:
+        raise AssertionError("read the firewall rules")
+
+
+class RulesOnly(NothingToRead):
+    def read_firewall_rules(self) -> list[dict[str, Any]]:
+        return [{"pos": 0, "type": "group", "action": "web", "enable": 1}]
+
+
+def test_a_power_only_call_reads_and_plans_nothing_but_the_power_state():
+    power_only = params(state="started")
+    assert vm_module.observe(NothingToRead(), power_only, from_template=False) == (None, None)
+    changes, status = vm_module.plan(NothingToRead(), power_only, None, None, "stopped")
+    assert [c.label for c in changes] == ["start"] and status == "running"
+    assert vm_module.plan(NothingToRead(), power_only, None, None, "running")[0] == []
+
+
+def test_a_firewall_only_call_reads_the_rules_and_plans_only_them():
+    firewall_only = params(firewall_groups=["ssh"], firewall_groups_absent=["web"])
+    config, rules = vm_module.observe(RulesOnly(), firewall_only, from_template=False)
+    assert config is None and rules == RulesOnly().read_firewall_rules()
+    changes, status = vm_module.plan(RulesOnly(), firewall_only, config, rules, "running")
+    assert [c.label for c in changes] == ["delete the firewall group rules at 0", "add firewall groups ssh"]
+    assert status == "running"
+
+
+def test_the_agent_option_is_left_alone_unless_asked_for():
+    config = {"cores": 2, "agent": "0", "scsi0": "ceph-vm:vm-4600-disk-0,size=3G"}
+    assert vm_config.update(params(cores=2, disk_gb=3), config, None) == ({}, [])
+    assert vm_config.update(params(cores=2, agent=True), config, None) == ({"agent": "enabled=1"}, [])
+
+
+def test_check_mode_reports_the_planned_changes_and_applies_none():
+    applied: list[str] = []
+    changes = [Change("first", lambda: applied.append("first")), Change("second", lambda: applied.append("second"))]
+    reported: list[str] = []
+    carry_out(changes, True, reported)
+    assert reported == ["first", "second"] and applied == []
+    done: list[str] = []
+    carry_out(changes, False, done)
+    assert done == reported and applied == ["first", "second"]
 
 
 # --------------------------------------------------------------------------- against the simulator
@@ -211,20 +297,32 @@ def mutations_since(simulator: Any, since: int) -> list[tuple[str, str]]:
 @pytest.mark.slow
 @pytest.mark.xdist_group("ansible")
 class TestAgainstTheSimulator:
-    def test_check_mode_on_a_new_vm_plans_everything_and_changes_nothing(self, simulator: Any):
+    def test_check_mode_on_a_new_vm_reports_what_the_create_then_does_and_changes_nothing(self, simulator: Any):
         before = len(simulator.sim.requests)
-        result, output = run_module(simulator, "--check", vmid=4610, **SPEC)
-        assert result["changed"] is True and result["status"] == "absent"
-        assert result["changes"] == [
+        planned, output = run_module(simulator, "--check", vmid=4610, **SPEC)
+        assert planned["changed"] is True and planned["status"] == "absent"
+        assert planned["changes"] == [
             "clone template 9001 on pve2 to pve2",
-            "set name, cores, memory_mb, tags, description, smbios1",
-            "grow scsi0 to 10G if smaller",
+            "set cores, description, memory, smbios1, tags; delete the cloud-init drive ide2",
+            "grow scsi0 from 3584M to 10G",
             "add firewall groups ssh, web",
             "start",
         ]
         assert mutations_since(simulator, before) == []
         assert simulator.sim.vm(4610) is None
         assert SEED not in output and SERIAL not in output
+        created, _ = run_module(simulator, vmid=4610, **SPEC)
+        assert created["changes"] == planned["changes"]
+
+    def test_check_mode_on_an_existing_vm_reports_what_the_run_then_does(self, simulator: Any):
+        run_module(simulator, vmid=4620, **dict(SPEC, state="present", firewall_groups=["ssh"], wait_for_address=False))
+        wanted = dict(SPEC, cores=4, disk_gb=12, firewall_groups=["web"], wait_for_address=False)
+        before = len(simulator.sim.requests)
+        planned, _ = run_module(simulator, "--check", vmid=4620, **wanted)
+        assert planned["changes"] == ["set cores", "grow scsi0 from 10G to 12G", "add firewall groups web", "start"]
+        assert planned["status"] == "running" and mutations_since(simulator, before) == []
+        done, _ = run_module(simulator, vmid=4620, **wanted)
+        assert done["changes"] == planned["changes"] and simulator.sim.vm(4620).status == "running"
 
     def test_create_converges_everything_in_one_call_then_is_idempotent(self, simulator: Any):
         before = len(simulator.sim.requests)
@@ -303,7 +401,7 @@ class TestAgainstTheSimulator:
     def test_security_groups_are_added_and_removed_on_an_existing_vm(self, simulator: Any):
         run_module(simulator, vmid=4615, **dict(SPEC, firewall_groups=["default"]))
         result, _ = run_module(simulator, vmid=4615, firewall_groups=["web"], firewall_groups_absent=["default"])
-        assert result["changes"] == ["add firewall groups web", "delete the firewall group rules at 0"]
+        assert result["changes"] == ["delete the firewall group rules at 0", "add firewall groups web"]
         rules = simulator.sim.firewall_config("vm", vmid=4615)["rules"]
         assert [(r["type"], r["action"]) for r in rules] == [("group", "web")]
 
@@ -326,13 +424,15 @@ class TestAgainstTheSimulator:
         assert simulator.sim.vm(4616).status == "running"
 
     def test_a_power_or_firewall_call_changes_only_what_it_was_given(self, simulator: Any):
+        """Regression: such a call PUT agent=enabled=1 (and read the config) though it converges nothing else."""
         run_module(simulator, vmid=4619, **SPEC)
         simulator.sim.vm(4619).config["agent"] = "0"  # an operator turned the agent off
         before = len(simulator.sim.requests)
         stopped, _ = run_module(simulator, vmid=4619, state="stopped", force=True)
         grouped, _ = run_module(simulator, vmid=4619, state="stopped", firewall_groups=["default"])
         assert stopped["changes"] == ["stop"] and grouped["changes"] == ["add firewall groups default"]
-        assert ("PUT", "/api2/json/nodes/pve2/qemu/4619/config") not in mutations_since(simulator, before)
+        config = "/api2/json/nodes/pve2/qemu/4619/config"
+        assert [m for m, p, _ in list(simulator.sim.requests)[before:] if p == config] == []
         assert simulator.sim.vm(4619).config["agent"] == "0"
 
     def test_absent_stops_then_deletes_once_and_never_touches_a_template(self, simulator: Any):
