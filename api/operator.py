@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from engine.errors import NotFound, ProvisionerError
 from engine.flavours import FlavourSpec
 from engine.models import Job, JobState
+from engine.naming import MAX_VMID
 from engine.service import Provisioner
 
 PREFIX = "/v1"
@@ -100,7 +101,7 @@ def job_out(job: Job) -> JobOut:
 def list_jobs(
     service: ProvisionerDep,
     state: JobState | None = None,
-    instance_id: int | None = None,
+    instance_id: Annotated[int | None, Query(ge=0, le=MAX_VMID)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[JobOut]:
     """Jobs, newest first."""
@@ -115,7 +116,10 @@ def get_job(job_id: str, service: ProvisionerDep) -> JobOut:
 
 @router.get("/jobs/{job_id}/events", response_model=list[EventOut])
 def get_job_events(
-    job_id: str, service: ProvisionerDep, after: int = -1, limit: Annotated[int, Query(ge=1, le=5000)] = 1000
+    job_id: str,
+    service: ProvisionerDep,
+    after: Annotated[int, Query(ge=-1, le=2**62)] = -1,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
 ) -> list[EventOut]:
     """The job's Ansible events in order (`after`: the last counter already seen)."""
     return [EventOut.model_validate(row, from_attributes=True) for row in service.job_events(job_id, after, limit)]

@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from typing import Annotated
 
 from iso3166 import countries_by_alpha2
+from pydantic import AfterValidator
 
 MIN_TOKEN_LENGTH = 16
 # Visible ASCII: what an HTTP header carries unchanged, so a pasted newline or space cannot silently lock clients out.
 TOKEN_CHARACTERS = re.compile(r"[\x21-\x7e]+")
+
+
+def no_nul(value: str) -> str:
+    """Refuse NUL characters: PostgreSQL cannot store them, and no name, id or text of ours needs one."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+# A string an API accepts: no NUL characters (a 400 at the door instead of a 500 from the database).
+Text = Annotated[str, AfterValidator(no_nul)]
 
 
 def country_code(value: str) -> str:

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from common.validators import Text
 from engine.models import Flavour
 
 
@@ -16,7 +17,7 @@ class FlavourSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
-    name: str = Field(min_length=1, max_length=255)
+    name: Text = Field(min_length=1, max_length=255)
     cpus: int = Field(ge=1, le=1024)
     ram_mb: int = Field(ge=16, le=16 * 1024 * 1024)
     disk_gb: int = Field(ge=1, le=64 * 1024)

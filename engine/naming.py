@@ -7,6 +7,9 @@ import re
 _INVALID = re.compile(r"[^A-Za-z0-9-]+")
 # ASCII digits only: str.isdigit() also accepts "²" or "٣", which int() then refuses or reads as another number.
 _VMID = re.compile(r"[0-9]{1,9}")
+MAX_VMID = 999_999_999  # Proxmox's largest VMID
+FLAVOUR_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def vm_name(name: str, vmid: int) -> str:

@@ -7,6 +7,7 @@ Proxmox to change anything (jobs do), and reads only the cluster snapshot.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,7 +22,7 @@ from engine.flavours import FlavourSpec, list_flavours, upsert_flavour
 from engine.intake import CreateIntake, CreateRequest, check_security_groups
 from engine.jobs.executor import Executor
 from engine.models import Flavour, Instance, Job, JobEvent, JobKind, JobState, Lifecycle, utcnow
-from engine.naming import as_vmid, hostname
+from engine.naming import FLAVOUR_ID, JOB_ID, as_vmid, hostname
 from engine.proxmox import ClusterView, ProxmoxUnavailable, Snapshot
 from engine.seeds import SeedTokens
 from engine.settings import Settings
@@ -86,8 +87,9 @@ class Provisioner:
             return list_flavours(session)
 
     def flavour(self, flavour_id: str) -> Flavour:
+        flavour_id = _known_form(FLAVOUR_ID, flavour_id, "flavour")
         with self.store.read() as session:
-            row = session.get(Flavour, str(flavour_id))
+            row = session.get(Flavour, flavour_id)
         if row is None:
             raise NotFound(f"flavour {flavour_id!r} does not exist")
         return row
@@ -221,6 +223,7 @@ class Provisioner:
             return list(session.scalars(query))
 
     def job(self, job_id: str) -> Job:
+        job_id = _known_form(JOB_ID, job_id, "job")
         with self.store.read() as session:
             job = session.get(Job, job_id)
             if job is None:
@@ -229,6 +232,7 @@ class Provisioner:
 
     def job_events(self, job_id: str, after: int, limit: int) -> list[JobEvent]:
         """The job's Ansible events with a counter above `after`, in order."""
+        job_id = _known_form(JOB_ID, job_id, "job")
         with self.store.read() as session:
             if session.get(Job, job_id) is None:
                 raise NotFound(f"job {job_id!r} does not exist")
@@ -241,6 +245,7 @@ class Provisioner:
 
     def delete_flavour(self, flavour_id: str) -> None:
         """Remove a flavour; instances made with it keep their size."""
+        flavour_id = _known_form(FLAVOUR_ID, flavour_id, "flavour")
         with self.store.read() as session:
             row = session.get(Flavour, flavour_id)
             if row is None:
@@ -254,6 +259,8 @@ class Provisioner:
 
     def cancel(self, job_id: str) -> Job | None:
         """Cancel a job: a pending one at once, a running one with its playbook run; None if there is no such job."""
+        if not JOB_ID.fullmatch(job_id):
+            return None
         return self.executor.cancel(job_id)
 
     # ------------------------------------------------------------- helpers
@@ -285,6 +292,13 @@ class Provisioner:
 
     def _node_allowed(self, node: str) -> bool:
         return not self.settings.node_allowlist or node in self.settings.node_allowlist
+
+
+def _known_form(form: re.Pattern[str], value: str, what: str) -> str:
+    """value, if it has the form of the ids `what` has; NotFound (without echoing it) otherwise."""
+    if not form.fullmatch(value):
+        raise NotFound(f"no such {what}")
+    return value
 
 
 def _delete_overdue(instance: Instance, due: datetime) -> bool:

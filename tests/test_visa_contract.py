@@ -161,6 +161,16 @@ BAD_BODIES = [
     ("invalid_request", None, {"name": "a", "imageId": "9000", "flavourId": "small", "metadata": ["x"]}),
     ("invalid_request", None, {"name": "a", "imageId": "9000", "flavourId": "small", "securityGroups": "default"}),
     ("invalid_request", None, {"name": "a", "imageId": "9000", "flavourId": "small", "metadata": {"k": {"nested": 1}}}),
+    # NUL characters (PostgreSQL cannot store them), over-long strings and numbers: a 400, never a 500.
+    ("invalid_request", None, {"name": "VISA\u0000INSTANCE", "imageId": "9000", "flavourId": "small"}),
+    ("invalid_request", None, {"name": "a", "imageId": "9000", "flavourId": "small", "metadata": {"k\u0000": "v"}}),
+    ("invalid_request", None, {"name": "a", "imageId": "9000", "flavourId": "small", "metadata": {"k": "v\u0000"}}),
+    ("invalid_request", None, {"name": "a", "imageId": "9000", "flavourId": "small", "bootCommand": "#!/bin/sh\u0000"}),
+    ("invalid_request", None, {"name": "a", "imageId": "9000", "flavourId": "small", "securityGroups": ["d\u0000"]}),
+    ("invalid_request", None, {"name": "a" * 256, "imageId": "9000", "flavourId": "small"}),
+    ("invalid_request", None, {"name": "a", "imageId": "9" * 33, "flavourId": "small"}),
+    ("invalid_request", None, {"name": "a", "imageId": 10**40, "flavourId": "small"}),
+    ("unknown_image", None, {"name": "a", "imageId": "9" * 32, "flavourId": "small"}),
     ("unknown_image", None, {"name": "a", "imageId": "4242", "flavourId": "small"}),
     ("unknown_image", None, {"name": "a", "imageId": "not-a-number", "flavourId": "small"}),
     ("unknown_image", None, {"name": "a", "imageId": "²", "flavourId": "small"}),  # "²".isdigit() is true
@@ -299,3 +309,27 @@ def test_a_bad_id_in_a_burst_fails_alone_and_id_routes_answer_404(service: LiveS
         assert service.client.get(path).status_code == 404, path
     for answer in answers[:4]:
         assert service.client.delete(f"/api/instances/{answer.json()['id']}").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "params", "body", "status"),
+    [
+        ("GET", "/v1/jobs", {"instance_id": str(10**30)}, None, 400),
+        ("GET", "/v1/jobs", {"instance_id": "-1"}, None, 400),
+        ("GET", "/v1/jobs/%00", None, None, 404),
+        ("GET", "/v1/jobs/" + "x" * 5000, None, None, 404),
+        ("GET", "/v1/jobs/00000000-0000-0000-0000-000000000000/events", {"after": str(10**30)}, None, 400),
+        ("POST", "/v1/jobs/%00/cancel", None, None, 404),
+        ("DELETE", "/v1/flavours/%00", None, None, 404),
+        ("GET", "/api/flavours/%00", None, None, 404),
+        ("PUT", "/v1/flavours/x", None, {"id": "x", "name": "n\u0000", "cpus": 1, "ram_mb": 512, "disk_gb": 1}, 400),
+        ("PUT", "/v1/flavours/x", None, {"id": "x", "name": "n", "cpus": 10**30, "ram_mb": 512, "disk_gb": 1}, 400),
+    ],
+)
+def test_nul_bytes_huge_numbers_and_odd_ids_are_4xx_never_5xx(
+    service: LiveService, method: str, path: str, params: dict | None, body: dict | None, status: int
+):
+    client = service.operator if path.startswith("/v1") else service.client
+    response = client.request(method, path, params=params, json=body)
+    assert response.status_code == status, response.text
+    assert response.json()["code"] and "\u0000" not in response.text and "x" * 100 not in response.text

@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from common.validators import Text
+
 MAX_METADATA_ENTRIES = 256
 MAX_TEXT = 256 * 1024
 
@@ -16,12 +18,12 @@ class InstanceCreate(BaseModel):
 
     model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
 
-    name: Annotated[str, Field(min_length=1, max_length=255)]
-    imageId: Annotated[str, Field(min_length=1, max_length=32)]
-    flavourId: Annotated[str, Field(min_length=1, max_length=64)]
-    securityGroups: list[Annotated[str, Field(min_length=1, max_length=255)]] | None = None
-    metadata: dict[str, str | None] | None = None
-    bootCommand: Annotated[str, Field(max_length=MAX_TEXT)] | None = None
+    name: Annotated[Text, Field(min_length=1, max_length=255)]
+    imageId: Annotated[Text, Field(min_length=1, max_length=32)]
+    flavourId: Annotated[Text, Field(min_length=1, max_length=64)]
+    securityGroups: list[Annotated[Text, Field(min_length=1, max_length=255)]] | None = None
+    metadata: dict[Text, Text | None] | None = None
+    bootCommand: Annotated[Text, Field(max_length=MAX_TEXT)] | None = None
 
     @field_validator("metadata")
     @classmethod
@@ -38,7 +40,7 @@ class InstanceCreate(BaseModel):
 class SecurityGroupBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    name: Annotated[str, Field(min_length=1, max_length=255)]
+    name: Annotated[Text, Field(min_length=1, max_length=255)]
 
 
 class ImageOut(BaseModel):
