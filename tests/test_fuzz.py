@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 import schemathesis
-from schemathesis import GenerationMode
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
@@ -76,7 +76,6 @@ def fuzz(schema: Any, check: Callable[[Any], None]) -> int:
                 run()
             except Unsatisfiable:  # nothing to make invalid: an operation without parameters or body
                 assert mode is GenerationMode.NEGATIVE
-    print(f"{schema.raw_schema['info']['title']}: {cases} cases over {len(operations)} operations")
     return cases
 
 
