@@ -8,6 +8,7 @@
   `phone_home` POST) and brings the guest agent up with a stable per-VMID IPv4;
 * `seed_cluster`: two nodes, `local` / `local-lvm` / shared RBD `ceph-vm`, two cloud-init templates and the
   security groups `default`, `ssh`, `web`;
+* faults to switch on and off while it runs (`/simulator/faults`, simulator/faults.py);
 * `start_simulator`: all of it over TLS on a private event loop in a daemon thread.
 
   python -m simulator --state-dir DIR [--host 127.0.0.1 --port 8006 --time-scale 1 --clone-secs 3
@@ -27,9 +28,11 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
+from aiohttp import web
 from fakepve import FakePve, FakeVm, PveError, TaskError
 
 from simulator.cloudinit import CloudInitRun, SeedFile, SeedRef, cloud_config, parse_seed, smbios_serial, yaml_dict
+from simulator.faults import FaultError, Faults
 from simulator.guests.backend import GuestBackend
 from simulator.guests.power import GuestPower
 from simulator.identity import guest_interfaces, guest_mac, guest_spec, ssh_host_keys
@@ -43,6 +46,7 @@ TaskBody = Callable[[], Awaitable[Any]]
 SEED_FILES = ("meta-data", "user-data", "vendor-data")
 PHONE_HOME_ALL = ("pub_key_rsa", "pub_key_ecdsa", "pub_key_ed25519", "instance_id", "hostname", "fqdn")
 MAX_SEED_BYTES = 1024 * 1024  # kept of each seed body
+FAULTS_PATH = "/simulator/faults"
 
 
 @dataclass
@@ -86,6 +90,7 @@ class ClusterSimulator(FakePve):  # type: ignore[misc]
         self._http: aiohttp.ClientSession | None = None
         # Real guests (PROVISIONER_SIM_GUESTS=container|vm) instead of the emulated boot; None: emulated.
         self.guests: GuestPower | None = None
+        self.faults = Faults(self)
 
     def use_guests(self, backend: GuestBackend) -> None:
         """Boot real guests from now on: templates are mapped to the backend's images when seeded."""
@@ -181,6 +186,45 @@ class ClusterSimulator(FakePve):  # type: ignore[misc]
             return await body()
 
         return delayed
+
+    def _build_app(self) -> web.Application:
+        """fakepve's application, plus the fault switches at /simulator/faults (simulator/faults.py), which no fault
+        reaches: they are served ahead of fakepve's middleware (network faults, injected errors)."""
+        app: web.Application = super()._build_app()
+        app.middlewares.insert(0, self._faults_control)
+        app.router.add_get(FAULTS_PATH, self._faults_list)
+        app.router.add_post(FAULTS_PATH, self._faults_on)
+        app.router.add_delete(FAULTS_PATH, self._faults_off)
+        return app
+
+    @web.middleware
+    async def _faults_control(self, request: web.Request, handler: Callable[..., Awaitable[Any]]) -> Any:
+        if request.path != FAULTS_PATH:
+            return await handler(request)
+        try:
+            user = self._authenticate(request)
+        except PveError as exc:
+            return web.json_response({"message": exc.message}, status=exc.status)
+        if not self.allowed(user, "/", "Sys.Modify"):
+            return web.json_response({"message": "Permission check failed (/, Sys.Modify)"}, status=403)
+        return await request.match_info.handler(request)
+
+    async def _faults_list(self, _request: web.Request) -> web.Response:
+        return web.json_response({"data": list(self.faults.active)})
+
+    async def _faults_on(self, request: web.Request) -> web.Response:
+        try:
+            spec = await request.json()
+            described = await self.faults.switch_on(spec if isinstance(spec, dict) else {})
+        except (ValueError, FaultError) as exc:
+            return web.json_response({"errors": {"fault": str(exc)}, "message": str(exc)}, status=400)
+        log.warning("fault switched on: %s", described)
+        return web.json_response({"data": described})
+
+    async def _faults_off(self, _request: web.Request) -> web.Response:
+        self.faults.clear()
+        log.warning("every fault switched off")
+        return web.json_response({"data": None})
 
     def _routes_simulator(self) -> list[tuple[str, str, Callable[..., Awaitable[Any]]]]:
         return [
