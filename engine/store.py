@@ -42,6 +42,7 @@ class Finished:
     result: dict[str, Any]
     state: JobState  # SUCCESSFUL, FAILED, ERROR or CANCELED; FAILED may become a retry
     interrupted: bool = False  # stopped by our own shutdown, not by a user: run it again at the next start
+    extra_attempt: bool = False  # the run died under it (killed, crashed): one more try than its kind's
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,7 @@ class Store:
                 job.result = item.result
                 job.error = item.outcome.error if not item.outcome.ok else None
                 job.run_pgid = None
-                if item.state == JobState.FAILED and job.attempts < job.max_attempts:
+                if item.state == JobState.FAILED and job.attempts < job.max_attempts + item.extra_attempt:
                     job.state, job.run_id = JobState.PENDING, None
                     job.not_before = utcnow() + timedelta(seconds=retry_backoff_s * job.attempts)
                     continue

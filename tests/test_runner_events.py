@@ -51,3 +51,16 @@ def test_a_failure_is_its_hosts_only_and_its_message_is_redacted(tmp_path: Path)
     assert run._hosts["vm-1"].failed_task == "Converge the VM"
     assert "s3cr3t-token-value" not in (run._hosts["vm-1"].error or "")
     assert all("s3cr3t-token-value" not in str(record) for record in sunk) and sunk
+
+
+def test_a_run_that_dies_before_its_play_ends_leaves_no_vm_done(tmp_path: Path) -> None:
+    run, _ = run_for(tmp_path, "vm-1", "vm-2")
+    run._on_event(event("runner_on_ok", "vm-1", "Converge the VM", "provisioner.proxmox.vm", {"changed": True}))
+    killed = run._outcome("failed", -9)  # SIGKILL: no failure event, no final stats
+    assert [(h.ok, h.unfinished) for h in killed.hosts.values()] == [(False, True), (False, True)]
+    assert "ended before this VM was done (failed, exit code -9)" in (killed.hosts["vm-1"].error or "")
+
+    finished, _ = run_for(tmp_path, "vm-1")
+    finished._on_event(event("runner_on_ok", "vm-1", "Converge the VM", "provisioner.proxmox.vm", {}))
+    finished._on_event({"event": "playbook_on_stats", "counter": 9, "event_data": {}})
+    assert finished._outcome("successful", 0).hosts["vm-1"].ok

@@ -178,3 +178,19 @@ def test_a_vanished_vm_is_not_marked_deleted_while_a_job_of_it_is_open(db: Datab
     assert not store.mark_vanished(1)
     assert store.mark_vanished(2)
     assert not store.mark_vanished(2)  # already deleted: nothing to do
+
+
+def test_a_job_whose_run_died_under_it_gets_one_more_try_than_its_kind(db: Database):
+    provisioned(db, 1, Lifecycle.BUILDING)
+    job_id = add_job(db, 1, JobKind.CREATE)
+    store = Store(db)
+    for run in ("run-1", "run-2"):
+        assert store.claim(take_all, run) == [job_id]
+        died = HostOutcome(ok=False, unfinished=True, error="the playbook run ended before this VM was done")
+        store.finish(run, [Finished(job_id, died, {}, JobState.FAILED, extra_attempt=True)], retry_backoff_s=0)
+        with db.session() as session:
+            session.get_one(Job, job_id).not_before = None
+    with db.session() as session:
+        job = session.get_one(Job, job_id)
+        assert (job.state, job.attempts) == (JobState.FAILED, 2)  # retried once, then failed
+        assert session.get_one(Instance, 1).lifecycle == Lifecycle.ERROR

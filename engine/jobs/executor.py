@@ -284,7 +284,8 @@ class Executor:
             state = JobState.FAILED if outcome.status != "error" else JobState.ERROR
         # Canceled by our own shutdown, not by a user: run it again at the next start.
         interrupted = self._stop.is_set() and outcome.status == "canceled" and not job.cancel_requested
-        return Finished(job.id, host, result, state, interrupted)
+        extra_attempt = host.unfinished and KINDS[JobKind(job.kind)].rerun_after_crash
+        return Finished(job.id, host, result, state, interrupted, extra_attempt)
 
     def _prune_runs(self) -> None:
         """Keep the newest `keep_runs` finished runs' artifacts; never a run that is still going."""

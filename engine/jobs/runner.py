@@ -53,6 +53,7 @@ class HostOutcome:
     error: str | None = None
     failed_task: str | None = None
     failed_action: str | None = None  # the module or action of the failed task
+    unfinished: bool = False  # the run ended (killed, crashed) before this VM's play did
     changed: bool = False
     facts: dict[str, Any] = field(default_factory=dict)
 
@@ -87,6 +88,7 @@ class PlaybookRun:
     _buffer_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _last_flush: float = field(default=0.0, init=False)
     _pgid: int | None = field(default=None, init=False)
+    _played_out: bool = field(default=False, init=False)  # the play's final stats arrived
 
     @property
     def private_data_dir(self) -> Path:
@@ -171,6 +173,8 @@ class PlaybookRun:
         data = event.get("event_data") or {}
         host = data.get("host")
         name = str(event.get("event") or "")
+        if name == "playbook_on_stats":
+            self._played_out = True
         outcome = self._hosts.get(host) if host else None
         res: dict[str, Any] = data["res"] if isinstance(data.get("res"), dict) else {}
         if outcome is not None:
@@ -232,6 +236,10 @@ class PlaybookRun:
             if status in ("timeout", "canceled") and outcome.ok:
                 outcome.ok = False
                 outcome.error = explanation
+            elif status != "successful" and not self._played_out and outcome.ok:
+                # No failure of its own was reported, but the run died (killed, crashed) before its play ended.
+                outcome.ok, outcome.unfinished = False, True
+                outcome.error = f"the playbook run ended before this VM was done ({status}, exit code {rc})"
             elif status == "failed" and not outcome.seen and outcome.ok:
                 outcome.ok = False
                 outcome.error = "the playbook failed before reaching this VM (see the job events)"
