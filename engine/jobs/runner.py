@@ -22,6 +22,7 @@ from typing import Any
 
 import ansible_runner
 import ansible_runner.interface
+import yaml
 
 from engine.jobs.redact import Redactor
 
@@ -128,13 +129,16 @@ class PlaybookRun:
 
     # --- inputs
 
-    def _inventory(self) -> dict[str, Any]:
+    def _inventory(self) -> str:
+        """One host per VM, as YAML whose every string value is `!unsafe`: the values come from requests (names,
+        groups…) and are never templates, so Ansible must not evaluate a `{{ … }}` a client put in one."""
         python = sys.executable
         hosts = {
-            host: dict(vars_, ansible_connection="local", ansible_python_interpreter=python)
+            host: unsafe(vars_) | {"ansible_connection": "local", "ansible_python_interpreter": python}
             for host, vars_ in self.hostvars.items()
         }
-        return {"all": {"children": {self.group: {"hosts": hosts}}}}
+        inventory = {"all": {"children": {self.group: {"hosts": hosts}}}}
+        return yaml.dump(inventory, Dumper=InventoryDumper, sort_keys=False, width=1 << 16)
 
     def _environment(self) -> dict[str, str]:
         env = {
@@ -249,6 +253,28 @@ class PlaybookRun:
         """Keep only the artifacts (stdout, status, rc); the inventory holds per-VM seed URLs."""
         for name in ("inventory", "env", "project"):
             shutil.rmtree(self.private_data_dir / name, ignore_errors=True)
+
+
+class Unsafe(str):
+    """A string Ansible must not template (YAML `!unsafe`)."""
+
+
+class InventoryDumper(yaml.SafeDumper):
+    pass
+
+
+InventoryDumper.add_representer(Unsafe, lambda dumper, value: dumper.represent_scalar("!unsafe", str(value)))
+
+
+def unsafe(value: Any) -> Any:
+    """value with every string in it (keys aside) an Unsafe one."""
+    if isinstance(value, str):
+        return Unsafe(value)
+    if isinstance(value, dict):
+        return {key: unsafe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [unsafe(item) for item in value]
+    return value
 
 
 # What the playbook's processes may inherit from the service's environment: what finding programs, the locale and
