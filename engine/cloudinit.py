@@ -30,7 +30,9 @@ class SeedContext:
 
 
 def _dump(document: dict[str, Any]) -> str:
-    return str(yaml.safe_dump(document, default_flow_style=False, sort_keys=False, allow_unicode=True))
+    # Non-ASCII characters escaped: written as they are, YAML readers take U+0085, U+2028 and U+2029 for line breaks,
+    # and a metadata value with one would reach the guest changed.
+    return str(yaml.safe_dump(document, default_flow_style=False, sort_keys=False, allow_unicode=False))
 
 
 def meta_data(ctx: SeedContext) -> str:
