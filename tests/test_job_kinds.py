@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from engine.jobs.kinds import KINDS, Context, apply_outcome, host_variables
 from engine.jobs.runner import HostOutcome
@@ -41,51 +42,71 @@ def test_every_kind_runs_a_playbook_of_the_repository() -> None:
     assert [k for k, kind in KINDS.items() if not kind.rerun_after_crash] == [JobKind.REBOOT]
 
 
-def test_a_create_sends_the_whole_vm(settings: Settings) -> None:
+def test_a_create_sends_the_whole_vm_in_its_roles_own_variables(settings: Settings) -> None:
     job = Job(kind=JobKind.CREATE, params={"template": "9000", "template_node": "pve1", "full_clone": True})
     assert host_variables(Context(settings, SEEDS), job, instance()) == {
-        "vm_vmid": 100123,
-        "vm_name": "VISA-INSTANCE-1",
-        "vm_node": "pve2",
-        "vm_template_vmid": 9000,
-        "vm_template_node": "pve1",
-        "vm_full_clone": True,
-        "vm_cores": 2,
-        "vm_memory_mb": 4096,
-        "vm_disk_gb": 20,
-        "vm_tags": ["provisioner"],
-        "vm_description": "managed-by=provisioner instance=100123",
-        "vm_seed_url": f"http://198.18.0.1:4000/seed/{SEEDS.token(instance())}/",
-        "vm_firewall_groups": ["default"],
-        "vm_wait_for_address": True,
-        "vm_address_timeout": 300,
-        "vm_start_retries": 7,
-        "vm_discovery_groups": ["visa"],
-        "vm_storage": "ceph-vm",
+        "proxmox_vm_vmid": 100123,
+        "proxmox_vm_name": "VISA-INSTANCE-1",
+        "proxmox_vm_node": "pve2",
+        "proxmox_vm_template_vmid": 9000,
+        "proxmox_vm_template_node": "pve1",
+        "proxmox_vm_full_clone": True,
+        "proxmox_vm_cores": 2,
+        "proxmox_vm_memory_mb": 4096,
+        "proxmox_vm_disk_gb": 20,
+        "proxmox_vm_tags": ["provisioner"],
+        "proxmox_vm_description": "managed-by=provisioner instance=100123",
+        "proxmox_vm_cloud_init_seed_url": f"http://198.18.0.1:4000/seed/{SEEDS.token(instance())}/",
+        "proxmox_vm_firewall_groups": ["default"],
+        "proxmox_vm_wait_for_address": True,
+        "proxmox_vm_address_timeout": 300,
+        "proxmox_vm_start_retries": 7,
+        "proxmox_vm_storage": "ceph-vm",
+        "discovery_host_name": "VISA-INSTANCE-1",
+        "discovery_host_groups": ["visa"],
+        "discovery_instance_id": "100123",
     }
     linked = Job(kind=JobKind.CREATE, params={"template": "9000", "template_node": "pve1", "full_clone": False})
-    assert "vm_storage" not in host_variables(
-        Context(settings, SEEDS), linked, instance()
-    )  # a linked clone stays by its base
+    # A linked clone stays by its base.
+    assert "proxmox_vm_storage" not in host_variables(Context(settings, SEEDS), linked, instance())
+
+
+def test_every_variable_a_kind_sends_is_one_its_playbooks_roles_declare(settings: Settings) -> None:
+    declared: set[str] = set()
+    for role in (ROOT / "roles").iterdir():
+        specs = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())
+        declared |= set(specs["argument_specs"]["main"]["options"])
+    params = {"template": "9000", "template_node": "pve1", "full_clone": True, "add": [], "remove": []}
+    for kind in JobKind:
+        sent = host_variables(Context(settings, SEEDS), Job(kind=kind, params=params), instance())
+        assert set(sent) <= declared, (kind, set(sent) - declared)
+
+
+POWER_UP = {
+    "proxmox_vm_power_vmid": 100123,
+    "proxmox_vm_power_wait_for_address": True,
+    "proxmox_vm_power_address_timeout": 300,
+}
 
 
 @pytest.mark.parametrize(
-    ("kind", "params", "extra"),
+    ("kind", "params", "sent"),
     [
-        (JobKind.START, {}, {"vm_wait_for_address": True, "vm_address_timeout": 300}),
-        (JobKind.REBOOT, {}, {"vm_wait_for_address": True, "vm_address_timeout": 300}),
-        (JobKind.SHUTDOWN, {}, {"vm_force_stop": False}),
-        (JobKind.STOP, {}, {"vm_force_stop": True}),
-        (JobKind.DELETE, {}, {"vm_force_stop": True}),
+        (JobKind.START, {}, POWER_UP),
+        (JobKind.REBOOT, {}, POWER_UP),
+        (JobKind.SHUTDOWN, {}, {"proxmox_vm_power_vmid": 100123, "proxmox_vm_power_force": False}),
+        (JobKind.STOP, {}, {"proxmox_vm_power_vmid": 100123, "proxmox_vm_power_force": True}),
+        (JobKind.DELETE, {}, {"proxmox_vm_destroy_vmid": 100123, "proxmox_vm_destroy_name": "VISA-INSTANCE-1",
+                              "proxmox_vm_destroy_force": True, "discovery_host_name": "VISA-INSTANCE-1"}),
         (JobKind.FIREWALL, {"add": ["web"], "remove": ["ssh"]},
-         {"vm_firewall_groups_add": ["web"], "vm_firewall_groups_remove": ["ssh"]}),
+         {"proxmox_vm_firewall_vmid": 100123, "proxmox_vm_firewall_groups_add": ["web"],
+          "proxmox_vm_firewall_groups_remove": ["ssh"]}),
     ],
 )  # fmt: skip
 def test_the_other_kinds_send_the_vm_and_what_they_change(
-    settings: Settings, kind: JobKind, params: dict, extra: dict
+    settings: Settings, kind: JobKind, params: dict, sent: dict
 ) -> None:
-    identity = {"vm_vmid": 100123, "vm_name": "VISA-INSTANCE-1", "vm_node": "pve2"}
-    assert host_variables(Context(settings, SEEDS), Job(kind=kind, params=params), instance()) == identity | extra
+    assert host_variables(Context(settings, SEEDS), Job(kind=kind, params=params), instance()) == sent
 
 
 def test_outcomes_change_the_instance_as_their_kind_says() -> None:
@@ -133,9 +154,6 @@ def test_a_vm_that_is_up_is_provisioned_even_when_only_its_registration_failed()
 def test_a_registration_sends_the_discovery_roles_own_variables(settings: Settings) -> None:
     registered = instance(lifecycle=Lifecycle.PROVISIONED, address="198.18.0.7")
     assert host_variables(Context(settings, SEEDS), Job(kind=JobKind.REGISTER), registered) == {
-        "vm_vmid": 100123,
-        "vm_name": "VISA-INSTANCE-1",
-        "vm_node": "pve2",
         "discovery_host_name": "VISA-INSTANCE-1",
         "discovery_host_address": "198.18.0.7",
         "discovery_host_groups": ["visa"],

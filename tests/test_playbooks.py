@@ -14,7 +14,6 @@ import pytest
 from tests.conftest import ROOT, ansible_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ansible")]
-FLEET = {4301: ("web-1", 2, 2048), 4302: ("web-2", 2, 2048), 4303: ("db-1", 4, 8192)}
 
 
 def playbook(simulator: Any, name: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -31,32 +30,21 @@ def recap(output: str) -> dict[str, dict[str, int]]:
     return hosts
 
 
-def test_site_creates_the_fleet_idempotently_and_site_delete_removes_it(simulator: Any):
-    first = playbook(simulator, "site.yml", "-e", "@examples/site.yml")
-    assert first.returncode == 0, first.stdout[-3000:]
-    for vmid, (name, cores, memory) in FLEET.items():
-        vm = simulator.sim.vm(vmid)
-        assert vm is not None and vm.name == name and vm.status == "running"
-        assert int(vm.config["cores"]) == cores and int(vm.config["memory"]) == memory
-    second = playbook(simulator, "site.yml", "-e", "@examples/site.yml")
-    assert second.returncode == 0, second.stdout[-3000:]
-    counts = recap(second.stdout)
-    assert {f"vm-{vmid}" for vmid in FLEET} <= set(counts)
-    assert all(c["changed"] == 0 and c["failed"] == 0 for c in counts.values()), counts
-    gone = playbook(simulator, "site_delete.yml", "-e", "@examples/site.yml")
-    assert gone.returncode == 0, gone.stdout[-3000:]
-    assert all(simulator.sim.vm(vmid) is None for vmid in FLEET)
-
-
 BAD_INPUT = {
-    "cores 0": ({"vm_cores": 0}, "VM 4242: cores must be at least 1 (got 0)"),
-    "unknown node": ({"vm_node": "pve9"}, "VM 4242: node 'pve9' is not a node of the cluster (nodes: pve1, pve2)"),
-    "missing template": ({"vm_template_vmid": 9999}, "VM 4242: template 9999 does not exist"),
+    "cores 0": ({"proxmox_vm_cores": 0}, "VM 4242: cores must be at least 1 (got 0)"),
+    "unknown node": (
+        {"proxmox_vm_node": "pve9"},
+        "VM 4242: node 'pve9' is not a node of the cluster (nodes: pve1, pve2)",
+    ),
+    "missing template": ({"proxmox_vm_template_vmid": 9999}, "VM 4242: template 9999 does not exist"),
     "malformed SSH key": (
-        {"vm_seed_url": "", "vm_cloud_init_ssh_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA"]},
+        {
+            "proxmox_vm_cloud_init_seed_url": "",
+            "proxmox_vm_cloud_init_ssh_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA"],
+        },
         "VM 4242: cloud_init_ssh_keys #1: malformed ssh-ed25519 key",
     ),
-    "unknown security group": ({"vm_firewall_groups": ["db"]}, "unknown firewall security group db"),
+    "unknown security group": ({"proxmox_vm_firewall_groups": ["db"]}, "unknown firewall security group db"),
 }
 
 
@@ -72,7 +60,7 @@ def test_bad_input_fails_with_a_clear_message_before_any_change(
     assert simulator.sim.vm(4242) is None
 
 
-def test_example_inventory_creates_verifies_and_deletes_a_group(simulator: Any):
+def test_example_inventory_creates_idempotently_verifies_and_deletes_a_group(simulator: Any):
     """inventory/example as its README says: -e target=<group> picks a batch, group_vars fill in the rest."""
     web = {4801: ("web-1", "pve1"), 4802: ("web-2", "pve2")}
     example = ("-i", "inventory/example", "-e", "target=web")
@@ -81,8 +69,13 @@ def test_example_inventory_creates_verifies_and_deletes_a_group(simulator: Any):
     for vmid, (name, node) in web.items():
         vm = simulator.sim.vm(vmid)
         assert vm is not None and (vm.name, vm.node, vm.status) == (name, node, "running")
-        assert sorted(re.split(r"[,; ]+", vm.config["tags"])) == ["provisioner", "web"]
+        assert re.split(r"[,; ]+", vm.config["tags"]) == ["web"]
+        assert (int(vm.config["cores"]), int(vm.config["memory"])) == (2, 2048)
     assert simulator.sim.vm(4811) is None, "db-1 is not in the target group"
+    again = playbook(simulator, "create.yml", *example)
+    assert again.returncode == 0, again.stdout[-3000:]
+    counts = recap(again.stdout)
+    assert set(counts) == {"web-1", "web-2"} and all(c["changed"] == 0 and c["failed"] == 0 for c in counts.values())
     verified = playbook(simulator, "verify.yml", *example)
     assert verified.returncode == 0, verified.stdout[-3000:]
     assert verified.stdout.count("score 100 of 100 (threshold 70): passed") == len(web)
@@ -93,7 +86,9 @@ def test_example_inventory_creates_verifies_and_deletes_a_group(simulator: Any):
 
 def test_tags_run_single_steps_of_a_create(simulator: Any):
     """--tags proxmox_vm_<step> converges that step only (the role passes the module only its options)."""
-    vm = ("-e", "@examples/vm.yml", "-e", '{"vm_vmid": 4250, "vm_name": "tagged-vm"}')
+    renamed = {"proxmox_vm_vmid": 4250, "proxmox_vm_name": "tagged-vm"}
+    renamed |= {"proxmox_vm_destroy_vmid": 4250, "proxmox_vm_destroy_name": "tagged-vm"}
+    vm = ("-e", "@examples/vm.yml", "-e", json.dumps(renamed))
 
     def run(*tags: str) -> subprocess.CompletedProcess[str]:
         done = playbook(simulator, "create.yml", *vm, *tags)

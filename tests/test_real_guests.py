@@ -317,9 +317,9 @@ def test_create_yml_by_hand_with_a_proxmox_cloud_init_drive_gives_a_guest_to_log
     from tests.conftest import ansible_env
 
     variables = yaml.safe_load((ROOT / "examples" / "vm.yml").read_text())
-    variables.pop("vm_seed_url")
-    variables |= {"vm_vmid": 4243, "vm_cloud_init_user": "alice", "vm_cloud_init_ssh_keys": [guest_keys["user"].public]}
-    variables["vm_address_timeout"] = 180
+    variables.pop("proxmox_vm_cloud_init_seed_url")
+    variables |= {"proxmox_vm_vmid": 4243, "proxmox_vm_destroy_vmid": 4243, "proxmox_vm_address_timeout": 180}
+    variables |= {"proxmox_vm_cloud_init_user": "alice", "proxmox_vm_cloud_init_ssh_keys": [guest_keys["user"].public]}
     extra = tmp_path / "vm.yml"
     extra.write_text(yaml.safe_dump(variables))
     binary = Path(sys.executable).parent / "ansible-playbook"

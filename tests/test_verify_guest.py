@@ -73,24 +73,25 @@ def instance(service: LiveService, guest_keys: dict[str, KeyPair]) -> Iterator[I
 
 
 def requested(service: LiveService, instance: Instance, guest_keys: dict[str, KeyPair]) -> dict[str, Any]:
-    """The vm_* variables of what VISA asked for, as an operator describes the VM, with the guest checks on."""
+    """The verify role's variables for what VISA asked for, as an operator describes the VM, with the guest checks
+    on."""
     return {
-        "vm_vmid": instance.id,
-        "vm_name": instance.vm_name,
-        "vm_node": instance.node,
-        "vm_cores": instance.cores,
-        "vm_memory_mb": instance.memory_mb,
-        "vm_disk_gb": instance.disk_gb,
-        "vm_address": instance.address,
-        "vm_firewall_groups": list(instance.security_groups),
-        "vm_seed_url": f"{service.settings.seed_base_url}{service.seed_token(str(instance.id))}/",
-        "vm_user": service.settings.cloud_init_user,
-        "vm_ssh_keys": list(instance.ssh_keys),
-        "vm_metadata": dict(instance.meta),
-        "vm_boot_command": instance.boot_command,
-        "vm_verify_guest": True,
-        "vm_verify_guest_private_key_file": str(guest_keys["site"].private),
-        "vm_host_key": instance.host_key,
+        "verify_vmid": instance.id,
+        "verify_name": instance.vm_name,
+        "verify_node": instance.node,
+        "verify_cores": instance.cores,
+        "verify_memory_mb": instance.memory_mb,
+        "verify_disk_gb": instance.disk_gb,
+        "verify_address": instance.address,
+        "verify_firewall_groups": list(instance.security_groups),
+        "verify_seed_url": f"{service.settings.seed_base_url}{service.seed_token(str(instance.id))}/",
+        "verify_user": service.settings.cloud_init_user,
+        "verify_ssh_keys": list(instance.ssh_keys),
+        "verify_metadata": dict(instance.meta),
+        "verify_user_data": instance.boot_command,
+        "verify_guest": True,
+        "verify_guest_private_key_file": str(guest_keys["site"].private),
+        "verify_guest_host_key": instance.host_key,
     }
 
 
@@ -131,7 +132,7 @@ def test_verify_scores_a_real_guest_from_inside(
 ) -> None:
     wanted = requested(service, instance, guest_keys)
     token = service.seed_token(str(instance.id))
-    assert wanted["vm_ssh_keys"] == [guest_keys["site"].public, guest_keys["user"].public]
+    assert wanted["verify_ssh_keys"] == [guest_keys["site"].public, guest_keys["user"].public]
 
     result = verify(guest_cluster, tmp_path, wanted, token)
     ran = [check["name"] for check in result["checks"]]
@@ -144,13 +145,13 @@ def test_verify_scores_a_real_guest_from_inside(
     assert json.loads(actual["guest_metadata"]) == instance.meta
 
     # The user key swapped for a stranger's: the seed and the guest both lack it (and the guest has one more).
-    wrong_key = {**wanted, "vm_ssh_keys": [guest_keys["site"].public, guest_keys["stranger"].public]}
+    wrong_key = {**wanted, "verify_ssh_keys": [guest_keys["site"].public, guest_keys["stranger"].public]}
     result = verify(guest_cluster, tmp_path, wrong_key, token)
     assert failed(result) == ["seed_ssh_keys", "guest_ssh_keys"], result
     assert result["score"] == expected_score(ran, ["seed_ssh_keys", "guest_ssh_keys"]) == 89
 
     # Other metadata: what the seed serves and what cloud-init in the guest has both differ.
-    wrong_meta = {**wanted, "vm_metadata": {**instance.meta, "owner": "mallory"}}
+    wrong_meta = {**wanted, "verify_metadata": {**instance.meta, "owner": "mallory"}}
     result = verify(guest_cluster, tmp_path, wrong_meta, token)
     assert failed(result) == ["seed_meta_data", "guest_metadata"], result
     assert result["score"] == expected_score(ran, ["seed_meta_data", "guest_metadata"]) == 92

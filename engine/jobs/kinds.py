@@ -1,7 +1,8 @@
 """The job kinds, in one table: for each, the playbook it runs, the variables it sends per VM and what its outcome
 does to the instance. The service only records intents (a job row of a kind); the executor runs kinds with this.
 
-The variables are docs/contract.md §2's; every kind sends the VM's identity (`vm_vmid`, `vm_name`, `vm_node`).
+The variables are the roles' own (docs/contract.md §2): a playbook passes them to its roles unrenamed, and what a
+kind does not send is its role's default.
 """
 
 from __future__ import annotations
@@ -55,39 +56,65 @@ class Kind:
 def _create_variables(context: Context, job: Job, instance: Instance) -> dict[str, Any]:
     settings = context.settings
     variables: dict[str, Any] = {
-        "vm_template_vmid": int(job.params["template"]),
-        "vm_template_node": job.params["template_node"],
-        "vm_full_clone": bool(job.params["full_clone"]),
-        "vm_cores": instance.cores,
-        "vm_memory_mb": instance.memory_mb,
-        "vm_disk_gb": instance.disk_gb,
-        "vm_tags": [MANAGED_TAG, *([owner] if (owner := owner_tag(settings)) else [])],
-        "vm_description": f"managed-by={MANAGED_TAG} instance={instance.id}",
-        "vm_seed_url": f"{settings.seed_base_url}{context.seeds.token(instance)}/",
-        "vm_firewall_groups": list(instance.security_groups),
-        "vm_wait_for_address": True,
-        "vm_address_timeout": settings.address_timeout_s,
-        "vm_start_retries": settings.max_start_retry,
-        "vm_discovery_groups": [DISCOVERY_GROUP],
+        "proxmox_vm_vmid": instance.id,
+        "proxmox_vm_name": instance.vm_name,
+        "proxmox_vm_node": instance.node,
+        "proxmox_vm_template_vmid": int(job.params["template"]),
+        "proxmox_vm_template_node": job.params["template_node"],
+        "proxmox_vm_full_clone": bool(job.params["full_clone"]),
+        "proxmox_vm_cores": instance.cores,
+        "proxmox_vm_memory_mb": instance.memory_mb,
+        "proxmox_vm_disk_gb": instance.disk_gb,
+        "proxmox_vm_tags": [MANAGED_TAG, *([owner] if (owner := owner_tag(settings)) else [])],
+        "proxmox_vm_description": f"managed-by={MANAGED_TAG} instance={instance.id}",
+        "proxmox_vm_cloud_init_seed_url": f"{settings.seed_base_url}{context.seeds.token(instance)}/",
+        "proxmox_vm_firewall_groups": list(instance.security_groups),
+        "proxmox_vm_wait_for_address": True,
+        "proxmox_vm_address_timeout": settings.address_timeout_s,
+        "proxmox_vm_start_retries": settings.max_start_retry,
+        **_registration(instance),
     }
     if settings.vm_storage and job.params["full_clone"]:
-        variables["vm_storage"] = settings.vm_storage
+        variables["proxmox_vm_storage"] = settings.vm_storage
     return variables
 
 
-def _firewall_variables(_context: Context, job: Job, _instance: Instance) -> dict[str, Any]:
+def _registration(instance: Instance) -> dict[str, Any]:
+    """The discovery role's variables for the VM (create.yml registers it with the address it comes up with)."""
     return {
-        "vm_firewall_groups_add": job.params.get("add", []),
-        "vm_firewall_groups_remove": job.params.get("remove", []),
+        "discovery_host_name": instance.vm_name,
+        "discovery_host_groups": [DISCOVERY_GROUP],
+        "discovery_instance_id": str(instance.id),
     }
 
 
-def _address_variables(context: Context, _job: Job, _instance: Instance) -> dict[str, Any]:
-    return {"vm_wait_for_address": True, "vm_address_timeout": context.settings.address_timeout_s}
+def _delete_variables(_context: Context, _job: Job, instance: Instance) -> dict[str, Any]:
+    return {
+        "proxmox_vm_destroy_vmid": instance.id,
+        "proxmox_vm_destroy_name": instance.vm_name,
+        "proxmox_vm_destroy_force": True,
+        "discovery_host_name": instance.vm_name,
+    }
 
 
-def _stop_variables(force: bool) -> Variables:
-    return lambda _context, _job, _instance: {"vm_force_stop": force}
+def _firewall_variables(_context: Context, job: Job, instance: Instance) -> dict[str, Any]:
+    return {
+        "proxmox_vm_firewall_vmid": instance.id,
+        "proxmox_vm_firewall_groups_add": job.params.get("add", []),
+        "proxmox_vm_firewall_groups_remove": job.params.get("remove", []),
+    }
+
+
+def _power_up_variables(context: Context, _job: Job, instance: Instance) -> dict[str, Any]:
+    return {
+        "proxmox_vm_power_vmid": instance.id,
+        "proxmox_vm_power_wait_for_address": True,
+        "proxmox_vm_power_address_timeout": context.settings.address_timeout_s,
+    }
+
+
+def _power_down_variables(force: bool) -> Variables:
+    return lambda _context, _job, instance: {"proxmox_vm_power_vmid": instance.id, "proxmox_vm_power_force": force}
 
 
 def _created(job: Job, instance: Instance, outcome: HostOutcome) -> None:
@@ -124,13 +151,7 @@ def unregistered(outcome: HostOutcome) -> bool:
 
 
 def _register_variables(_context: Context, _job: Job, instance: Instance) -> dict[str, Any]:
-    """The discovery role's own variables (playbooks/register.yml passes them through)."""
-    return {
-        "discovery_host_name": instance.vm_name,
-        "discovery_host_address": instance.address or "",
-        "discovery_host_groups": [DISCOVERY_GROUP],
-        "discovery_instance_id": str(instance.id),
-    }
+    return _registration(instance) | {"discovery_host_address": instance.address or ""}
 
 
 def _unchanged(_job: Job, _instance: Instance, _outcome: HostOutcome) -> None:
@@ -139,20 +160,19 @@ def _unchanged(_job: Job, _instance: Instance, _outcome: HostOutcome) -> None:
 
 KINDS: dict[JobKind, Kind] = {
     JobKind.CREATE: Kind("create.yml", _create_variables, _created),
-    JobKind.DELETE: Kind("delete.yml", _stop_variables(force=True), _deleted, attempts=5),
-    JobKind.START: Kind("start.yml", _address_variables, _unchanged),
-    JobKind.SHUTDOWN: Kind("stop.yml", _stop_variables(force=False), _unchanged),
-    JobKind.STOP: Kind("stop.yml", _stop_variables(force=True), _unchanged),
-    JobKind.REBOOT: Kind("reboot.yml", _address_variables, _unchanged, rerun_after_crash=False),
+    JobKind.DELETE: Kind("delete.yml", _delete_variables, _deleted, attempts=5),
+    JobKind.START: Kind("start.yml", _power_up_variables, _unchanged),
+    JobKind.SHUTDOWN: Kind("stop.yml", _power_down_variables(force=False), _unchanged),
+    JobKind.STOP: Kind("stop.yml", _power_down_variables(force=True), _unchanged),
+    JobKind.REBOOT: Kind("reboot.yml", _power_up_variables, _unchanged, rerun_after_crash=False),
     JobKind.FIREWALL: Kind("firewall.yml", _firewall_variables, _unchanged),
     JobKind.REGISTER: Kind("register.yml", _register_variables, _registered),
 }
 
 
 def host_variables(context: Context, job: Job, instance: Instance) -> dict[str, Any]:
-    """The per-VM variables of docs/contract.md §2 for this job."""
-    identity = {"vm_vmid": instance.id, "vm_name": instance.vm_name, "vm_node": instance.node}
-    return identity | KINDS[JobKind(job.kind)].variables(context, job, instance)
+    """This job's VM as its playbook's roles take it: their own variables (docs/contract.md §2)."""
+    return KINDS[JobKind(job.kind)].variables(context, job, instance)
 
 
 def apply_outcome(job: Job, instance: Instance, outcome: HostOutcome) -> None:

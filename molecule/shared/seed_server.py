@@ -2,17 +2,16 @@
 
 The service serves seeds from its database (api/seed.py). Here a seed is the file `<state-dir>/seeds/<token>.json`
 holding the SeedContext fields (instance_id, hostname, user, ssh_keys, metadata, boot_command) and, optionally,
-seed_url: the URL the VM reads this seed from (its vm_seed_url; for real guests an address on their network that
-the simulator forwards here), written by a scenario's prepare step. phone_home posts to `<seed_url>phone-home`,
-this server's own `<url><token>/phone-home` when there is no seed_url. Guests (the simulator's boot sidecar) GET
-`<url><token>/{meta-data,user-data,vendor-data,network-config}` and POST `<url><token>/phone-home`; the last
-phone-home of a token is kept as `<state-dir>/phone-home/<token>.json` ({"count": n, "fields": {...}}), so a
+seed_url: the URL the VM reads this seed from (its proxmox_vm_cloud_init_seed_url; for real guests an address on their
+network that the simulator forwards here), written by a scenario's prepare step. phone_home posts to
+`<seed_url>phone-home`, this server's own `<url><token>/phone-home` when there is no seed_url. Guests (the simulator's
+boot sidecar) GET `<url><token>/{meta-data,user-data,vendor-data,network-config}` and POST `<url><token>/phone-home`;
+the last phone-home of a token is kept as `<state-dir>/phone-home/<token>.json` ({"count": n, "fields": {...}}), so a
 scenario can check that the guest's cloud-init applied the seed. An unknown token answers 404, like the service.
 
-  python molecule/shared/seed_server.py --state-dir DIR [--host 127.0.0.1] [--port 0]
+python molecule/shared/seed_server.py --state-dir DIR [--host 127.0.0.1] [--port 0]
 
-Prints `url: http://<host>:<port>/seed/` once it listens, serves until SIGTERM or SIGINT. Tokens never reach
-the log.
+Prints `url: http://<host>:<port>/seed/` once it listens, serves until SIGTERM or SIGINT. Tokens never reach the log.
 """
 
 from __future__ import annotations
