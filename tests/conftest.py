@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import socket
 import subprocess
 import threading
@@ -20,7 +22,7 @@ from engine.models import Instance
 from engine.proxmox import ProxmoxConnection
 from engine.settings import Settings
 from provisioner.runtime import Runtime, create_app
-from tests.guest_ssh import KeyPair
+from tests.helpers.guest_ssh import KeyPair
 
 TOKEN = "test-visa-token-0123456789"
 OPERATOR_TOKEN = "test-operator-token-0123456789"
@@ -86,6 +88,11 @@ class LiveService:
         self.anonymous.close()
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+    def discovery_env(self) -> dict[str, str]:
+        """The playbooks' DISCOVERY_* variables from <state dir>/discovery.env, as an operator sources it."""
+        lines = (self.settings.state_dir / "discovery.env").read_text().splitlines()
+        return dict(shlex.split(line)[0].split("=", 1) for line in lines if not line.startswith("#"))
 
     def instance(self, instance_id: str) -> dict[str, Any]:
         response = self.client.get(f"/api/instances/{instance_id}")
@@ -183,6 +190,14 @@ def ansible_env(simulator: Any) -> dict[str, str]:
         simulator.host, simulator.port, simulator.token_id, simulator.token_secret, 10, str(simulator.cafile)
     )
     return {**os.environ, **connection.ansible_env(), "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")}
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """The PLAY RECAP of an ansible-playbook run: host -> {ok, changed, failed, ...}."""
+    hosts = {}
+    for host, counts in re.findall(r"^(\S+)\s+: (ok=.*)$", output, re.M):
+        hosts[host] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", counts)}
+    return hosts
 
 
 def pve_api(simulator: Any) -> Any:

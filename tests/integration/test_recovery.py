@@ -17,7 +17,7 @@ import pytest
 from engine.db import Database
 from engine.jobs.runner import allowed_environment
 from engine.models import Job, JobKind, JobState, utcnow
-from tests.test_executor import add_instance, add_job, make_executor
+from tests.helpers.store import add_instance, add_job, make_executor
 
 
 @pytest.fixture

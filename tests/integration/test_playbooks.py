@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, ansible_env
+from tests.conftest import ROOT, ansible_env, recap
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ansible")]
 FLEET = {4301: ("web-1", 2, 2048), 4302: ("web-2", 2, 2048), 4303: ("db-1", 4, 8192)}
@@ -22,13 +22,6 @@ def playbook(simulator: Any, name: str, *args: str) -> subprocess.CompletedProce
     binary = Path(sys.executable).parent / "ansible-playbook"
     command = [str(binary), "-i", "inventory/hosts.yml", f"playbooks/{name}", *args]
     return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-
-
-def recap(output: str) -> dict[str, dict[str, int]]:
-    hosts = {}
-    for host, counts in re.findall(r"^(\S+)\s+: (ok=.*)$", output, re.M):
-        hosts[host] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", counts)}
-    return hosts
 
 
 def test_site_creates_the_fleet_idempotently_and_site_delete_removes_it(simulator: Any):

@@ -11,8 +11,8 @@ from engine.jobs.runner import HostOutcome
 from engine.models import Instance, Job, JobKind, Lifecycle
 from engine.seeds import SeedTokens
 from engine.settings import Settings
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SEEDS = SeedTokens(b"k" * 32)
 
 

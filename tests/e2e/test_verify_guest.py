@@ -20,7 +20,7 @@ import yaml
 
 from engine.models import Instance
 from tests.conftest import ROOT, LiveService, ansible_env, start_service, visa_body
-from tests.guest_ssh import KeyPair
+from tests.helpers.guest_ssh import KeyPair
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_guest, pytest.mark.xdist_group("real_guests")]
 

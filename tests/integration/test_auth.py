@@ -17,7 +17,7 @@ from starlette.types import ASGIApp
 from engine.settings import Settings
 from provisioner.runtime import Runtime, create_app
 from tests.conftest import OPERATOR_TOKEN, TOKEN, LiveService, start_service
-from tests.test_visa_contract import ROUTES
+from tests.helpers.visa import ROUTES
 
 OPERATOR_ROUTES = [
     ("GET", "/v1/jobs"),

@@ -13,8 +13,7 @@ import pytest
 
 from engine.proxmox import ProxmoxConnection
 from simulator import add_running_vms
-
-ROOT = Path(__file__).parents[1]
+from tests.conftest import ROOT
 
 
 def ansible_inventory(simulator: Any, *args: str) -> subprocess.CompletedProcess[str]:

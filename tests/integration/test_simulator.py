@@ -29,7 +29,7 @@ from simulator.cloudinit import CloudInitRun, cloud_config, parse_seed
 from simulator.cluster import ClusterSimulator
 from simulator.properties import agent_enabled, format_size, resized
 from simulator.serve import TOKEN_ID
-from tests.conftest import pve_api
+from tests.conftest import ROOT, pve_api
 from tests.conftest import wait_for as conftest_wait_for
 
 GIB = 1024**3
@@ -551,7 +551,7 @@ def test_cli_serves_until_sigterm_and_keeps_the_secret_off_stdout(tmp_path: Path
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=ROOT,
     )
     try:
         assert process.stdout is not None

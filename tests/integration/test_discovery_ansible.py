@@ -18,11 +18,9 @@ from discovery import signing
 from discovery.client import ProviderAuth
 from engine.proxmox import ProxmoxConnection
 from simulator import add_running_vms
-from tests.conftest import start_test_registry
-from tests.test_playbooks import recap
+from tests.conftest import ROOT, recap, start_test_registry
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ansible")]
-ROOT = Path(__file__).parents[1]
 BIN = Path(sys.executable).parent
 READ_TOKEN = "read-token-for-the-inventory-0123"
 TEMPLATE = "{{ lookup('ansible.builtin.pipe', 'id') }}"

@@ -19,8 +19,9 @@ import pytest
 import yaml
 
 from engine import cloudinit
+from tests.conftest import ROOT
 
-SHARED = Path(__file__).parents[1] / "molecule" / "shared"
+SHARED = ROOT / "molecule" / "shared"
 TOKEN = "t" * 43
 
 

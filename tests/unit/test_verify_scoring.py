@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 from typing import Any
 
 import yaml
 from ansible_collections.provisioner.proxmox.plugins.filter.verify import FilterModule
 from ansible_collections.provisioner.proxmox.plugins.plugin_utils import verify_score
 
-ROOT = Path(__file__).parents[1]
+from tests.conftest import ROOT
+
 DEFAULTS = yaml.safe_load((ROOT / "roles/verify/defaults/main.yml").read_text())
 TOKEN = "s3cr3t-seed-token-of-the-vm"
 SEED = f"http://127.0.0.1:8080/seed/{TOKEN}/"

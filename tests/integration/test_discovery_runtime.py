@@ -3,13 +3,8 @@ DISCOVERY_* variables, or external with DISCOVERY_URL; the provider key; the adv
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shlex
 import stat
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from discovery import signing
 from discovery.client import ProviderAuth
-from tests.conftest import ROOT, LiveService, start_service, start_test_registry, visa_body, wait_for
+from tests.conftest import start_service, start_test_registry, wait_for
 
 HOST = {"name": "VISA-INSTANCE-1", "address": "10.0.3.17", "groups": ["visa"]}
 
@@ -31,12 +26,6 @@ def advertised(url: str, provider_id: str) -> dict[str, Any] | None:
 
 def register(url: str, key: Ed25519PrivateKey) -> httpx.Response:
     return httpx.post(f"{url}/api/v1/hosts", json=HOST, auth=ProviderAuth(key))
-
-
-def discovery_env(live: LiveService) -> dict[str, str]:
-    """.run/discovery.env as an operator sources it."""
-    lines = (live.settings.state_dir / "discovery.env").read_text().splitlines()
-    return dict(shlex.split(line)[0].split("=", 1) for line in lines if not line.startswith("#"))
 
 
 def test_the_embedded_registry_honours_the_discovery_variables_and_the_service_advertises(
@@ -85,7 +74,7 @@ def test_the_embedded_registry_honours_the_discovery_variables_and_the_service_a
         assert f"DISCOVERY_URL={registry.url}\n" in env_file.read_text()
         assert f"DISCOVERY_PROVIDER_KEY_FILE={key_file}\n" in env_file.read_text()
         assert "DISCOVERY_HOST_SSH_USER=visa\n" in env_file.read_text()
-        assert discovery_env(live)["DISCOVERY_TRUSTED_PROVIDERS"] == trusted
+        assert live.discovery_env()["DISCOVERY_TRUSTED_PROVIDERS"] == trusted
         pem = key_file.read_text()
         secret_lines = [line for line in pem.splitlines() if "PRIVATE KEY" not in line]
         assert not any(line in caplog.text or line in env_file.read_text() for line in secret_lines)
@@ -107,7 +96,7 @@ def test_the_embedded_registry_takes_writes_only_from_this_provider_and_the_play
         assert refused.status_code == 403 and refused.json()["code"] == "AUTH_002", refused.text
         assert httpx.get(f"{url}/api/v1/hosts").json() == []
         assert register(url, ours).status_code == 200
-        assert discovery_env(live)["DISCOVERY_TRUSTED_PROVIDERS"] == signing.provider_id(ours)
+        assert live.discovery_env()["DISCOVERY_TRUSTED_PROVIDERS"] == signing.provider_id(ours)
     finally:
         live.stop()
 
@@ -126,57 +115,3 @@ def test_an_external_registry_is_used_when_discovery_url_is_set_and_the_offer_is
     finally:
         live.stop()
         external.stop()
-
-
-@pytest.mark.slow
-@pytest.mark.xdist_group("ansible")
-def test_a_visa_instance_is_registered_once_active_and_deregistered_when_deleted(tmp_path: Path, simulator: Any):
-    from discovery.settings import RegistrySettings
-
-    read_token = "e2e-read-token-0123456789"
-    registry = RegistrySettings(host="127.0.0.1", port=0, read_token=read_token, state_dir=tmp_path / "registry")
-    live = start_service(tmp_path, simulator, registry=registry, discovery_enabled=True)
-    try:
-        url = live.runtime.registry.url
-        headers = {"Authorization": f"Bearer {read_token}"}
-        created = live.client.post("/api/instances", json=visa_body(name="VISA-INSTANCE-77"))
-        assert created.status_code == 201, created.text
-        instance_id = created.json()["id"]
-        active = live.wait_state(instance_id, "ACTIVE")
-
-        hosts = httpx.get(f"{url}/api/v1/hosts", params={"group": "visa"}, headers=headers).json()
-        mine = [h for h in hosts if h["name"] == "VISA-INSTANCE-77"]
-        assert len(mine) == 1 and mine[0]["address"] == active["address"] and mine[0]["instance_id"] == instance_id
-        assert mine[0]["groups"] == ["visa"] and mine[0]["ssh_user"] == "visa"
-
-        intruder = httpx.post(
-            f"{url}/api/v1/hosts",
-            json=HOST | {"name": "VISA-INSTANCE-77"},
-            auth=ProviderAuth(Ed25519PrivateKey.generate()),
-        )
-        assert intruder.status_code == 403 and intruder.json()["code"] == "AUTH_002"
-
-        env = {
-            **os.environ,
-            **discovery_env(live),
-            "DISCOVERY_READ_TOKEN": read_token,
-            "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-        }
-        binary = Path(sys.executable).parent / "ansible-inventory"
-        listed = subprocess.run(
-            [str(binary), "-i", "inventory/discovery.yml", "--list"], env=env, cwd=ROOT, capture_output=True, text=True
-        )
-        assert listed.returncode == 0, listed.stderr
-        inventory = json.loads(listed.stdout)
-        assert "VISA-INSTANCE-77" in inventory["visa"]["hosts"]
-        address = inventory["_meta"]["hostvars"]["VISA-INSTANCE-77"]["ansible_host"]
-        assert address == {"__ansible_unsafe": active["address"]}  # registered values are never templated
-
-        assert live.client.delete(f"/api/instances/{instance_id}").is_success
-        wait_for(
-            lambda: live.client.get(f"/api/instances/{instance_id}").status_code == 404, timeout=120, what="delete"
-        )
-        hosts = httpx.get(f"{url}/api/v1/hosts", params={"group": "visa"}, headers=headers).json()
-        assert [h for h in hosts if h["name"] == "VISA-INSTANCE-77"] == []
-    finally:
-        live.stop()

@@ -15,7 +15,7 @@ from engine.errors import Conflict, NotFound
 from engine.jobs.runner import HostOutcome
 from engine.models import Instance, Job, JobKind, JobState, Lifecycle
 from engine.store import Finished, Store
-from tests.test_executor import add_instance, add_job
+from tests.helpers.store import add_job, provisioned
 
 
 @pytest.fixture
@@ -24,12 +24,6 @@ def db(tmp_path: Path) -> Iterator[Database]:
     database.migrate()
     yield database
     database.dispose()
-
-
-def provisioned(db: Database, vmid: int, lifecycle: Lifecycle = Lifecycle.PROVISIONED) -> None:
-    add_instance(db, vmid)
-    with db.session() as session:
-        session.get_one(Instance, vmid).lifecycle = lifecycle
 
 
 def jobs_of(db: Database, vmid: int) -> list[tuple[str, str]]:

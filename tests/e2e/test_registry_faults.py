@@ -11,7 +11,7 @@ import pytest
 
 from engine.models import Instance
 from tests.conftest import start_service, start_test_registry, visa_body, wait_for
-from tests.faults import FaultyProxy
+from tests.helpers.faults import FaultyProxy
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ansible")]
 

@@ -23,6 +23,7 @@ from engine.placement import GiB, NoCapacity, Request, Reservation, choose_node,
 from engine.proxmox import NodeInfo, Snapshot, VmInfo, disk_storages, first_global_ipv4
 from engine.service import InstanceView
 from engine.sshkeys import SK_ECDSA, SK_ED25519, InvalidSSHKey, normalise_key, site_keys
+from tests.conftest import ROOT
 from web_provider.routes import instance_out
 from web_provider.schemas import iso
 from web_provider.states import VisaState, visa_state
@@ -269,7 +270,7 @@ def test_flavour_file_is_validated(tmp_path: Path):
 
 
 def test_shipped_flavours_are_valid():
-    specs = read_flavour_file(Path(__file__).parents[1] / "engine" / "defaults" / "flavours.yml")
+    specs = read_flavour_file(ROOT / "engine" / "defaults" / "flavours.yml")
     assert {s.id for s in specs} >= {"small", "medium"}
 
 

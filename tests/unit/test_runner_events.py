@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -66,26 +64,3 @@ def test_a_run_that_dies_before_its_play_ends_leaves_no_vm_done(tmp_path: Path) 
     finished._on_event(event("runner_on_ok", "vm-1", "Converge the VM", "provisioner.proxmox.vm", {}))
     finished._on_event({"event": "playbook_on_stats", "counter": 9, "event_data": {}})
     assert finished._outcome("successful", 0).hosts["vm-1"].ok
-
-
-def test_variables_from_requests_are_never_templated_by_ansible(tmp_path: Path) -> None:
-    run, _ = run_for(tmp_path, "vm-1")
-    run.hostvars = {"vm-1": {"vm_name": "{{ 6 * 7 }}", "vm_firewall_groups": ["{{ lookup('env', 'HOME') }}"]}}
-    (tmp_path / "hosts").write_text(run._inventory())
-    (tmp_path / "show.yml").write_text(
-        "- hosts: all\n  gather_facts: false\n  tasks:\n"
-        '    - ansible.builtin.debug:\n        msg: "{{ vm_name }} {{ vm_firewall_groups[0] }}"\n'
-    )
-    shown = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "ansible-playbook"),
-            "-i",
-            str(tmp_path / "hosts"),
-            str(tmp_path / "show.yml"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    assert "{{ 6 * 7 }} {{ lookup('env', 'HOME') }}" in shown.stdout, shown.stdout

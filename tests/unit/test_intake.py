@@ -35,7 +35,7 @@ from engine.settings import Settings
 from engine.store import Store
 from engine.vmids import VmidAllocator
 from tests.conftest import SITE_KEY, USER_KEY
-from tests.test_executor import add_instance
+from tests.helpers.store import add_instance
 
 GiB = 1024**3
 TEMPLATE = 9000

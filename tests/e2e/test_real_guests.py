@@ -30,17 +30,13 @@ from tests.conftest import (
     pve_api,
     require_real_guests,
     start_service,
-    visa_body,
     wait_for,
 )
-from tests.guest_ssh import GuestSSH, KeyPair, scanned_host_key
+from tests.helpers.guest_ssh import GuestSSH, KeyPair, scanned_host_key
+from tests.helpers.real_guests import create, login
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_guest, pytest.mark.xdist_group("real_guests")]
 
-BOOT_COMMAND = """#!/bin/bash
-set -e
-{ echo "owner=$(cloud-init query ds.meta_data.meta.owner)"; echo "uid=$(id -u)"; } > /var/tmp/bootcommand.out
-"""
 IMAGES = {"9000": "Debian 12, cloud-init 22.4", "9002": "Debian 13, cloud-init 25.1"}
 GUEST_NETWORK_PREFIX = "198.1"  # 198.18.0.0/15
 READ_TOKEN = "real-guests-read-token-0123"
@@ -64,29 +60,6 @@ def service(
     )
     yield live
     live.stop()
-
-
-def create(service: LiveService, name: str, image: str, user_key: KeyPair, **extra: Any) -> str:
-    body = visa_body(
-        name=name,
-        image=image,
-        bootCommand=BOOT_COMMAND,
-        metadata={"owner": "alice", "id": "7", "instruments": "", "sshPublicKey": user_key.public},
-        **extra,
-    )
-    response = service.client.post("/api/instances", json=body)
-    assert response.status_code == 201, response.text
-    return str(response.json()["id"])
-
-
-def login(service: LiveService, tmp_path: Path, instance_id: str, key: KeyPair, timeout: float = 120) -> GuestSSH:
-    """SSH as the cloud-init user, once the guest phoned home, trusting the host key it sent."""
-    instance = service.phoned_home(instance_id, timeout)
-    assert instance.host_key and instance.host_key.startswith("ssh-ed25519 ")
-    active = service.instance(instance_id)
-    ssh = GuestSSH(tmp_path, active["address"], service.settings.cloud_init_user, key, instance.host_key)
-    ssh.wait(timeout)
-    return ssh
 
 
 def seed_status(service: LiveService, token: str) -> int:

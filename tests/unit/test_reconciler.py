@@ -16,7 +16,7 @@ from engine.reconciler import Reconciler
 from engine.seeds import SeedTokens
 from engine.settings import Settings
 from engine.store import Store
-from tests.test_store import provisioned
+from tests.helpers.store import provisioned
 
 GiB = 1024**3
 PROVIDER = "ab" * 32

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import LiveService, leftovers, pve_api, require_real_guests, start_service, wait_for
-from tests.guest_ssh import KeyPair
-from tests.test_real_guests import create, login
+from tests.helpers.guest_ssh import KeyPair
+from tests.helpers.real_guests import create, login
 
 pytestmark = [
     pytest.mark.slow,

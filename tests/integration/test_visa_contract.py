@@ -7,6 +7,7 @@ import base64
 import pytest
 
 from tests.conftest import TOKEN, LiveService, mutations, visa_body
+from tests.helpers.visa import ROUTES, STATES
 
 GiB = 1024**3
 # Well-formed, but too weak: 1024 bits.
@@ -20,27 +21,6 @@ SK_WITHOUT_APPLICATION = (
     "sk-ssh-ed25519@openssh.com "
     + base64.b64encode(b"\0\0\0\x1ask-ssh-ed25519@openssh.com" + b"\0\0\0\x20" + bytes(range(32))).decode()
 )
-ROUTES = [
-    ("GET", "/api/images"),
-    ("GET", "/api/images/9000"),
-    ("GET", "/api/flavours"),
-    ("GET", "/api/flavours/small"),
-    ("GET", "/api/security_groups"),
-    ("GET", "/api/metrics"),
-    ("GET", "/api/instances"),
-    ("GET", "/api/instances/identifiers"),
-    ("GET", "/api/instances/100000"),
-    ("POST", "/api/instances"),
-    ("POST", "/api/instances/100000/start"),
-    ("POST", "/api/instances/100000/shutdown"),
-    ("POST", "/api/instances/100000/reboot"),
-    ("DELETE", "/api/instances/100000"),
-    ("GET", "/api/instances/100000/security_groups"),
-    ("POST", "/api/instances/100000/security_groups"),
-    ("POST", "/api/instances/100000/security_groups/remove"),
-    ("GET", "/api/no-such-route"),
-    ("GET", "/api/devices"),
-]
 OPTIONAL = [
     "/api/devices",
     "/api/device_allocations",
@@ -51,20 +31,6 @@ OPTIONAL = [
     "/api/hypervisor_usages",
     "/api/hypervisor_allocations",
 ]
-STATES = {
-    "UNKNOWN",
-    "BUILDING",
-    "STARTING",
-    "ACTIVE",
-    "ACTIVE_MIGRATING",
-    "STOPPING",
-    "STOPPED",
-    "REBOOTING",
-    "MIGRATING",
-    "UNAVAILABLE",
-    "ERROR",
-    "DELETED",
-}
 
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)
