@@ -400,10 +400,12 @@ def test_vm_without_agent_enabled_never_gets_an_agent(serve: Serve) -> None:
     handle = serve()
     api = pve_api(handle)
     clone(api, 122)
+    clone(api, 123)
     api.nodes("pve1").qemu(122).config.put(agent="enabled=0")
     api.nodes("pve1").qemu(122).status.start.post()
-    wait_for(lambda: finished(handle, 122))  # booted
-    time.sleep(0.15)
+    api.nodes("pve1").qemu(123).status.start.post()
+    # Both boots are over (an agent comes up during its boot or never), and the one that may has its agent.
+    wait_for(lambda: finished(handle, 122) and finished(handle, 123) and agent_address(api, "pve1", 123))
     assert handle.sim.vm(122).agent is None and agent_address(api, "pve1", 122) is None
 
 
@@ -416,10 +418,9 @@ def test_sidecar_is_one_loop_for_hundreds_of_vms(serve: Serve) -> None:
             sim.add_vm(vmid, f"vm-{vmid}", node="pve1", status="running", config={"agent": "1"})
 
     handle.call(add_running_vms())
-    wait_for(lambda: all(sim.vm(vmid).agent for vmid in range(1000, 1300)))
+    wait_for(lambda: all(sim.vm(vmid).agent and finished(handle, vmid) for vmid in range(1000, 1300)))
 
     async def tasks_left() -> int:
-        await asyncio.sleep(0.05)
         return len(asyncio.all_tasks())
 
     assert handle.call(tasks_left()) <= 3  # the sidecar (and this coroutine); no task per VM

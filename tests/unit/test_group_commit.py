@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -12,16 +12,19 @@ from engine.group_commit import GroupCommitFailed, GroupCommitter
 
 
 class Recorder:
-    """A commit function that records its groups; the first group waits until `release` is set."""
+    """A commit function that records its groups and calls `on_commit`; the first group waits until `release` is
+    set."""
 
     def __init__(self) -> None:
         self.groups: list[list[int]] = []
         self.started = threading.Event()
         self.release = threading.Event()
+        self.on_commit: Callable[[], object] = lambda: None
 
     def __call__(self, items: list[int]) -> list[int | Exception]:
         self.groups.append(items)
         self.started.set()
+        self.on_commit()
         assert self.release.wait(10)
         return [ValueError(f"odd {n}") if n % 2 else n * 10 for n in items]
 
@@ -103,9 +106,12 @@ def test_a_caller_that_gave_up_before_its_group_started_is_not_committed(
 
 def test_commit_awaits_without_blocking_the_event_loop(committer: GroupCommitter[int, int], recorder: Recorder):
     async def scenario() -> list[int]:
+        loop = asyncio.get_running_loop()
+        committing = loop.create_future()
+        recorder.on_commit = lambda: loop.call_soon_threadsafe(lambda: committing.done() or committing.set_result(None))
         pending = [asyncio.create_task(committer.commit(n)) for n in (0, 2, 4)]
-        await asyncio.to_thread(recorder.started.wait, 5)
-        await asyncio.sleep(0.01)  # the loop keeps running while the group is being committed
+        # The loop runs this while the first group is being committed (and held), so the commit does not block it.
+        await asyncio.wait_for(committing, 5)
         assert not any(task.done() for task in pending)
         recorder.release.set()
         return list(await asyncio.gather(*pending))

@@ -177,10 +177,15 @@ def test_concurrent_creates_are_stored_with_their_jobs_on_distinct_vmids(
 
 def test_no_create_is_answered_before_its_group_is_committed(store: Database, make_intake: Callable[..., Intake]):
     intake = make_intake()
-    committing, release = threading.Event(), threading.Event()
+    release = threading.Event()
+    loop: asyncio.AbstractEventLoop | None = None
+    committing: asyncio.Future[None] | None = None
 
     def hold(_connection: object) -> None:
-        committing.set()
+        # Queued on the loop by the commit itself: an answer given before the commit reaches the loop, and finishes
+        # its task, ahead of this.
+        assert loop is not None and committing is not None
+        loop.call_soon_threadsafe(lambda: committing.done() or committing.set_result(None))
         assert release.wait(10)
 
     def stored() -> int:
@@ -188,9 +193,11 @@ def test_no_create_is_answered_before_its_group_is_committed(store: Database, ma
             return connection.scalar(select(func.count(Instance.id))) or 0
 
     async def scenario() -> list[int]:
+        nonlocal loop, committing
+        loop = asyncio.get_running_loop()
+        committing = loop.create_future()
         pending = [asyncio.create_task(intake.intake.create(create(n))) for n in range(10)]
-        assert await asyncio.to_thread(committing.wait, 10)
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(committing, 10)
         assert not any(task.done() for task in pending), "a create was answered before its commit"
         assert await asyncio.to_thread(stored) == 0
         release.set()

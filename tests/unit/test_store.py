@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 
 from engine.db import Database
 from engine.errors import Conflict, NotFound
@@ -40,18 +40,32 @@ def test_a_job_canceled_while_a_claim_chooses_is_either_claimed_or_canceled_neve
     provisioned(db, 1)
     job_id = add_job(db, 1, JobKind.START)
     store = Store(db)
-    choosing = threading.Event()
+    choosing, cancel_began = threading.Event(), threading.Event()
+
+    def cancel() -> None:
+        assert choosing.wait(10)
+        canceled.append(store.cancel(job_id)[0])
+
+    canceller = threading.Thread(target=cancel)
+
+    def begins(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if threading.current_thread() is canceller and statement.startswith("BEGIN"):
+            cancel_began.set()
 
     def slow_choice(ready: list[Job], _now: datetime) -> list[Job]:
         choosing.set()
-        time.sleep(0.3)  # the cancel below arrives while the claim decides
+        # The cancel's transaction asks for the write lock while this claim holds it.
+        assert cancel_began.wait(10)
         return ready
 
     canceled: list[Job | None] = []
-    canceller = threading.Thread(target=lambda: (choosing.wait(), canceled.append(store.cancel(job_id)[0])))
-    canceller.start()
-    claimed = store.claim(slow_choice, "run-1")
-    canceller.join()
+    event.listen(db.engine, "before_cursor_execute", begins)
+    try:
+        canceller.start()
+        claimed = store.claim(slow_choice, "run-1")
+        canceller.join()
+    finally:
+        event.remove(db.engine, "before_cursor_execute", begins)
     assert claimed == [job_id]
     # The cancel waited for the claim's transaction: it found the job running and asked its run to stop.
     job = canceled[0]
