@@ -119,6 +119,15 @@ class LiveService:
             what=f"instance {instance_id} to phone home",
         )
 
+    def wait_idle(self, timeout: float = 120.0) -> None:
+        """Until no job is pending or running: what Proxmox sees from then on comes from what the test does."""
+
+        def idle() -> bool:
+            jobs = self.operator.get
+            return not any(jobs("/v1/jobs", params={"state": s, "limit": 1}).json() for s in ("pending", "running"))
+
+        wait_for(idle, timeout=timeout, what="the service's jobs to finish")
+
     def wait_state(self, instance_id: str, state: str, timeout: float = 120.0) -> dict[str, Any]:
         def reached() -> dict[str, Any] | None:
             body = self.instance(instance_id)

@@ -60,8 +60,9 @@ def test_create_reaches_active_with_the_guest_address(created: dict[str, Any], s
 
 def test_create_made_the_expected_proxmox_calls(created: dict[str, Any], simulator: Any):
     calls = requests_for(simulator, created["id"], created["since"])
-    clone = [c for c in list(simulator.sim.requests)[created["since"] :] if c[0] == "POST" and c[1].endswith("/clone")]
-    assert len(clone) == 1 and "/qemu/9000/clone" in clone[0][1]
+    since = list(simulator.sim.requests)[created["since"] :]
+    clone = [p for m, p, b in since if m == "POST" and p.endswith("/clone") and created["id"].encode() in b]  # newid
+    assert len(clone) == 1 and "/qemu/9000/clone" in clone[0]
     methods = [(m, p.split(f"/qemu/{created['id']}", 1)[1]) for m, p, _ in calls]
     assert ("PUT", "/resize") in methods
     assert ("POST", "/status/start") in methods
@@ -110,6 +111,7 @@ def test_the_seed_answers_only_with_the_vms_own_token(created: dict[str, Any], s
 
 def test_power_cycle(created: dict[str, Any], service: LiveService, simulator: Any):
     instance_id = created["id"]
+    service.wait_idle()  # the state follows the oldest open job: no other test's job of this instance is left
     assert service.client.post(f"/api/instances/{instance_id}/shutdown").status_code == 200
     assert service.instance(instance_id)["state"] in ("STOPPING", "STOPPED")
     service.wait_state(instance_id, "STOPPED")
@@ -184,23 +186,16 @@ def test_jobs_are_visible_to_operators(created: dict[str, Any], service: LiveSer
     assert service.anonymous.get("/v1/jobs").status_code == 401
 
 
-def test_delete_removes_the_vm_and_releases_the_seed(created: dict[str, Any], service: LiveService, simulator: Any):
-    instance_id = created["id"]
+def test_delete_of_a_running_vm_in_one_call_removes_it_and_releases_its_seed(service: LiveService, simulator: Any):
+    instance_id = service.client.post("/api/instances", json=visa_body(name="VISA-INSTANCE-2")).json()["id"]
+    service.wait_state(instance_id, "ACTIVE")
     url = seed_url(simulator, instance_id)
-    response = service.client.delete(f"/api/instances/{instance_id}")
-    assert response.status_code == 200
+    assert service.anonymous.get(url + "meta-data").status_code == 200
+    assert service.client.delete(f"/api/instances/{instance_id}").status_code == 200
+    assert service.instance(instance_id)["state"] == "DELETED"
+    wait_for(lambda: vm_of(simulator, instance_id) is None, what="the VM to be destroyed")
     wait_for(lambda: service.client.get(f"/api/instances/{instance_id}").status_code == 404, what="deletion")
-    assert vm_of(simulator, instance_id) is None
     assert service.anonymous.get(url + "meta-data").status_code == 404
     ids = [i["id"] for i in service.client.get("/api/instances/identifiers").json()]
     assert instance_id not in ids
     assert service.client.delete(f"/api/instances/{instance_id}").status_code == 404
-
-
-def test_delete_of_a_running_vm_in_one_call(service: LiveService, simulator: Any):
-    instance_id = service.client.post("/api/instances", json=visa_body(name="VISA-INSTANCE-2")).json()["id"]
-    service.wait_state(instance_id, "ACTIVE")
-    assert service.client.delete(f"/api/instances/{instance_id}").status_code == 200
-    assert service.instance(instance_id)["state"] == "DELETED"
-    wait_for(lambda: vm_of(simulator, instance_id) is None, what="the VM to be destroyed")
-    wait_for(lambda: service.client.get(f"/api/instances/{instance_id}").status_code == 404, what="404")

@@ -33,15 +33,21 @@ def ansible_inventory(simulator: Any, *args: str) -> subprocess.CompletedProcess
 
 
 @pytest.fixture(scope="module")
-def inventory(simulator: Any) -> dict[str, Any]:
+def cluster(simulator: Any) -> Any:
+    """The simulator with two running VMs tagged `provisioner`, VISA-INSTANCE-190000 on pve1 and -190001 on pve2."""
     simulator.call(_add(simulator))
-    result = ansible_inventory(simulator, "--list")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return simulator
 
 
 async def _add(simulator: Any) -> None:
     add_running_vms(simulator.sim, 2, 190000, "VISA-INSTANCE")
+
+
+@pytest.fixture(scope="module")
+def inventory(cluster: Any) -> dict[str, Any]:
+    result = ansible_inventory(cluster, "--list")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
 
 
 def test_groups_by_node_status_and_tag(inventory: dict[str, Any]):
@@ -55,8 +61,8 @@ def test_groups_by_node_status_and_tag(inventory: dict[str, Any]):
     assert "VISA-INSTANCE-190000" not in inventory.get("proxmox_all_stopped", {}).get("hosts", [])
 
 
-def test_graph_works_and_prints_no_secret(simulator: Any):
-    result = ansible_inventory(simulator, "--graph")
+def test_graph_works_and_prints_no_secret(cluster: Any):
+    result = ansible_inventory(cluster, "--graph")
     assert result.returncode == 0, result.stderr
     assert "@proxmox_tag_provisioner:" in result.stdout
-    assert simulator.token_secret not in result.stdout + result.stderr
+    assert cluster.token_secret not in result.stdout + result.stderr

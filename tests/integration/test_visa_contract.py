@@ -101,14 +101,15 @@ def test_migrate_is_not_available(service: LiveService):
 @pytest.mark.parametrize(
     ("path", "method"),
     [
-        ("/api/instances/100000", "GET"),
+        # 199999 ends the VMID range: this module's creates (from 100000 up) never reach it.
+        ("/api/instances/199999", "GET"),
         ("/api/instances/999999999", "GET"),
         ("/api/instances/abc", "GET"),
-        ("/api/instances/100000/start", "POST"),
-        ("/api/instances/100000/shutdown", "POST"),
-        ("/api/instances/100000/reboot", "POST"),
-        ("/api/instances/100000", "DELETE"),
-        ("/api/instances/100000/security_groups", "GET"),
+        ("/api/instances/199999/start", "POST"),
+        ("/api/instances/199999/shutdown", "POST"),
+        ("/api/instances/199999/reboot", "POST"),
+        ("/api/instances/199999", "DELETE"),
+        ("/api/instances/199999/security_groups", "GET"),
         ("/api/instances/9000", "GET"),
     ],
 )
@@ -169,6 +170,7 @@ BAD_BODIES = [
 def test_bad_creates_get_a_400_with_a_stable_code_and_change_nothing(
     service: LiveService, simulator, code: str, raw: bytes | None, body: dict
 ):
+    service.wait_idle()  # the jobs of instances made by other tests no longer change Proxmox or the list
     before_requests = len(simulator.sim.requests)
     before = service.client.get("/api/instances/identifiers").json()
     if raw is not None:
