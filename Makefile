@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run discovery test test-fast lint molecule bench clean install guest-deps guest-images bench-guests
+.PHONY: run discovery test test-unit test-fast lint molecule bench clean install guest-deps guest-images bench-guests
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ guest-images: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+# tests/unit alone: no port, no process, no simulator; seconds.
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"

@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 from simulator import start_simulator  # noqa: E402
 from simulator.guests import images  # noqa: E402
 from tests.conftest import start_service  # noqa: E402
-from tests.guest_ssh import KeyPair  # noqa: E402
-from tests.test_real_guests import create, login  # noqa: E402
+from tests.helpers.guest_ssh import KeyPair  # noqa: E402
+from tests.helpers.real_guests import create, login  # noqa: E402
 
 MIB = 1024 * 1024
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.types import Lifespan
 
 from api import operator, seed
 from common.files import make_private_dir, write_private
@@ -208,6 +209,8 @@ def write_env_file(path: Path, env: dict[str, str]) -> None:
 
 
 def create_app(runtime: Runtime) -> FastAPI:
+    """The service's application: the runtime starts with it and stops with it."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime.start()
@@ -217,7 +220,12 @@ def create_app(runtime: Runtime) -> FastAPI:
         finally:
             runtime.stop()
 
-    settings = runtime.settings
+    return build_app(runtime.settings, lifespan)
+
+
+def build_app(settings: Settings, lifespan: Lifespan[FastAPI] | None = None) -> FastAPI:
+    """The HTTP application for these settings: both APIs behind their guards, health and the seeds. Every route takes
+    the service from `app.state.provisioner`, which `create_app`'s lifespan sets (the unit tests set a fake)."""
     app = FastAPI(
         title="Proxmox provisioner", version="0.1.0", lifespan=lifespan, docs_url="/docs", openapi_url="/openapi.json"
     )

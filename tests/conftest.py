@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import socket
 import subprocess
 import threading
@@ -20,7 +22,7 @@ from engine.models import Instance
 from engine.proxmox import ProxmoxConnection
 from engine.settings import Settings
 from provisioner.runtime import Runtime, create_app
-from tests.guest_ssh import KeyPair
+from tests.helpers.guest_ssh import KeyPair
 
 TOKEN = "test-visa-token-0123456789"
 OPERATOR_TOKEN = "test-operator-token-0123456789"
@@ -87,6 +89,11 @@ class LiveService:
         self.server.should_exit = True
         self.thread.join(timeout=30)
 
+    def discovery_env(self) -> dict[str, str]:
+        """The playbooks' DISCOVERY_* variables from <state dir>/discovery.env, as an operator sources it."""
+        lines = (self.settings.state_dir / "discovery.env").read_text().splitlines()
+        return dict(shlex.split(line)[0].split("=", 1) for line in lines if not line.startswith("#"))
+
     def instance(self, instance_id: str) -> dict[str, Any]:
         response = self.client.get(f"/api/instances/{instance_id}")
         assert response.status_code == 200, response.text
@@ -111,6 +118,15 @@ class LiveService:
             timeout=timeout,
             what=f"instance {instance_id} to phone home",
         )
+
+    def wait_idle(self, timeout: float = 120.0) -> None:
+        """Until no job is pending or running: what Proxmox sees from then on comes from what the test does."""
+
+        def idle() -> bool:
+            jobs = self.operator.get
+            return not any(jobs("/v1/jobs", params={"state": s, "limit": 1}).json() for s in ("pending", "running"))
+
+        wait_for(idle, timeout=timeout, what="the service's jobs to finish")
 
     def wait_state(self, instance_id: str, state: str, timeout: float = 120.0) -> dict[str, Any]:
         def reached() -> dict[str, Any] | None:
@@ -183,6 +199,14 @@ def ansible_env(simulator: Any) -> dict[str, str]:
         simulator.host, simulator.port, simulator.token_id, simulator.token_secret, 10, str(simulator.cafile)
     )
     return {**os.environ, **connection.ansible_env(), "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")}
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """The PLAY RECAP of an ansible-playbook run: host -> {ok, changed, failed, ...}."""
+    hosts = {}
+    for host, counts in re.findall(r"^(\S+)\s+: (ok=.*)$", output, re.M):
+        hosts[host] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", counts)}
+    return hosts
 
 
 def pve_api(simulator: Any) -> Any:

@@ -1,0 +1,239 @@
+"""A stand-in for engine.service.Provisioner behind the HTTP apps: canned answers, and every call recorded."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from engine.errors import NotFound
+from engine.flavours import FlavourSpec
+from engine.intake import CreateRequest
+from engine.models import Flavour, Instance, Job, JobEvent, JobKind, JobState, Lifecycle
+from engine.naming import as_vmid
+from engine.proxmox import NodeInfo, Snapshot, VmInfo
+from engine.service import InstanceView
+
+GiB = 1024**3
+CREATED = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+TEMPLATE = VmInfo(9000, "debian-12-cloud", "pve1", "stopped", True, 1, GiB, 3 * GiB, None, frozenset())
+
+
+def instance_view(
+    vmid: int,
+    lifecycle: Lifecycle = Lifecycle.PROVISIONED,
+    active_job: JobKind | None = None,
+    vm_status: str | None = "running",
+    vm_lock: str | None = None,
+    snapshot_ok: bool = True,
+    seed_overdue: bool = False,
+    delete_overdue: bool = False,
+    **fields: Any,
+) -> InstanceView:
+    """An instance as the service describes it: by default ACTIVE (provisioned, running, with an address)."""
+    values: dict[str, Any] = {
+        "id": vmid,
+        "name": f"VISA-INSTANCE-{vmid}",
+        "image_id": "9000",
+        "flavour_id": "small",
+        "lifecycle": lifecycle,
+        "address": "198.18.0.5",
+        "security_groups": ["default"],
+        "fault_message": None,
+        "fault_details": None,
+        "fault_at": None,
+        "created_at": CREATED,
+        "updated_at": CREATED,
+        "delete_requested_at": None,
+    }
+    instance = Instance(**(values | fields))
+    return InstanceView(
+        instance,
+        active_job,
+        vm_status,
+        vm_lock,
+        snapshot_ok,
+        seed_overdue=seed_overdue,
+        delete_overdue=delete_overdue,
+    )
+
+
+def job(job_id: str, instance_id: int, kind: JobKind = JobKind.CREATE, **fields: Any) -> Job:
+    values: dict[str, Any] = {
+        "id": job_id,
+        "kind": kind,
+        "instance_id": instance_id,
+        "state": JobState.SUCCESSFUL,
+        "params": {"template": 9000},
+        "attempts": 1,
+        "cancel_requested": False,
+        "result": {"address": "198.18.0.5"},
+        "error": None,
+        "created_at": CREATED,
+        "started_at": CREATED,
+        "finished_at": CREATED,
+    }
+    return Job(**(values | fields))
+
+
+def job_event(job_id: str, counter: int, event: str = "runner_on_ok", **fields: Any) -> JobEvent:
+    values: dict[str, Any] = {
+        "job_id": job_id,
+        "counter": counter,
+        "event": event,
+        "task": "Converge the VM",
+        "changed": True,
+        "stdout": "changed: [vm]",
+        "data": {"host": "vm"},
+        "created_at": CREATED,
+    }
+    return JobEvent(**(values | fields))
+
+
+class FakeCluster:
+    def __init__(self) -> None:
+        self.current: Snapshot | None = Snapshot(taken_at=0, nodes={"pve1": NodeInfo("pve1", True, 32, 128 * GiB)})
+
+    def snapshot(self) -> Snapshot | None:
+        return self.current
+
+
+class FakeProvisioner:
+    """What the VISA, operator and health routes call. It answers from its own dicts as the service answers from the
+    store (NotFound for ids it does not hold), records every call in `calls`, and raises `failure` from every call
+    when it is set, as a service whose store or Proxmox is gone would."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.failure: Exception | None = None
+        self.templates = [TEMPLATE]
+        self.flavour_rows = {"small": Flavour(id="small", name="Small", cpus=2, ram_mb=4096, disk_gb=20)}
+        self.groups = ["default", "ssh", "web"]
+        self.limits = {
+            "maxTotalRamSize": 131072,
+            "totalRamUsed": 4096,
+            "maxTotalInstances": 1000,
+            "totalInstancesUsed": 1,
+            "maxTotalCores": 128,
+            "totalCoresUsed": 2,
+        }
+        self.instances: dict[int, InstanceView] = {}
+        self.job_rows: dict[str, Job] = {}
+        self.events: dict[str, list[JobEvent]] = {}
+        self.next_vmid = 100123
+        self.cluster = FakeCluster()
+
+    def _call(self, name: str, *args: Any) -> None:
+        self.calls.append((name, *args))
+        if self.failure is not None:
+            raise self.failure
+
+    def _view(self, instance_id: str) -> InstanceView:
+        vmid = as_vmid(instance_id)
+        if vmid is None or vmid not in self.instances:
+            raise NotFound(f"instance {instance_id!r} does not exist")
+        return self.instances[vmid]
+
+    def _job(self, job_id: str) -> Job:
+        if job_id not in self.job_rows:
+            raise NotFound(f"job {job_id!r} does not exist")
+        return self.job_rows[job_id]
+
+    # --- VISA
+
+    def images(self) -> list[VmInfo]:
+        self._call("images")
+        return self.templates
+
+    def image(self, image_id: str) -> VmInfo:
+        self._call("image", image_id)
+        for template in self.templates:
+            if str(template.vmid) == image_id:
+                return template
+        raise NotFound(f"image {image_id!r} does not exist")
+
+    def flavours(self) -> list[Flavour]:
+        self._call("flavours")
+        return list(self.flavour_rows.values())
+
+    def flavour(self, flavour_id: str) -> Flavour:
+        self._call("flavour", flavour_id)
+        if flavour_id not in self.flavour_rows:
+            raise NotFound(f"flavour {flavour_id!r} does not exist")
+        return self.flavour_rows[flavour_id]
+
+    def security_groups(self) -> list[str]:
+        self._call("security_groups")
+        return self.groups
+
+    def metrics(self) -> dict[str, int]:
+        self._call("metrics")
+        return self.limits
+
+    def views(self) -> list[InstanceView]:
+        self._call("views")
+        return list(self.instances.values())
+
+    def view(self, instance_id: str) -> InstanceView:
+        self._call("view", instance_id)
+        return self._view(instance_id)
+
+    def instance_security_groups(self, instance_id: str) -> list[str]:
+        self._call("instance_security_groups", instance_id)
+        return list(self._view(instance_id).instance.security_groups)
+
+    async def create(self, request: CreateRequest) -> int:
+        self._call("create", request)
+        return self.next_vmid
+
+    def delete(self, instance_id: str) -> None:
+        self._call("delete", instance_id)
+        self._view(instance_id)
+
+    def power(self, instance_id: str, kind: JobKind) -> None:
+        self._call("power", instance_id, kind)
+        self._view(instance_id)
+
+    def add_security_group(self, instance_id: str, group: str) -> None:
+        self._call("add_security_group", instance_id, group)
+        self._view(instance_id)
+
+    def remove_security_group(self, instance_id: str, group: str) -> None:
+        self._call("remove_security_group", instance_id, group)
+        self._view(instance_id)
+
+    # --- operator
+
+    def jobs(self, state: JobState | None, instance_id: int | None, limit: int) -> list[Job]:
+        self._call("jobs", state, instance_id, limit)
+        wanted = [
+            j
+            for j in self.job_rows.values()
+            if (state is None or j.state == state) and (instance_id is None or j.instance_id == instance_id)
+        ]
+        return wanted[:limit]
+
+    def job(self, job_id: str) -> Job:
+        self._call("job", job_id)
+        return self._job(job_id)
+
+    def job_events(self, job_id: str, after: int, limit: int) -> list[JobEvent]:
+        self._call("job_events", job_id, after, limit)
+        self._job(job_id)
+        return [e for e in self.events.get(job_id, []) if e.counter > after][:limit]
+
+    def cancel(self, job_id: str) -> Job | None:
+        self._call("cancel", job_id)
+        return self.job_rows.get(job_id)
+
+    def put_flavour(self, spec: FlavourSpec) -> Flavour:
+        self._call("put_flavour", spec)
+        self.flavour_rows[spec.id] = spec.to_row()
+        return self.flavour_rows[spec.id]
+
+    def delete_flavour(self, flavour_id: str) -> None:
+        self._call("delete_flavour", flavour_id)
+        if self.flavour_rows.pop(flavour_id, None) is None:
+            raise NotFound(f"flavour {flavour_id!r} does not exist")
+
+    def check_database(self) -> None:
+        self._call("check_database")

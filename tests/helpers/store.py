@@ -1,0 +1,68 @@
+"""Rows in a migrated store, and an executor over it, for the store, executor, reconciler and recovery tests."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+from engine.db import Database
+from engine.jobs.executor import Executor, ExecutorConfig
+from engine.jobs.kinds import Context
+from engine.models import Instance, Job, JobKind, JobState, Lifecycle, utcnow
+from engine.seeds import SeedTokens
+from engine.settings import Settings
+from engine.store import Store
+
+
+def make_executor(
+    db: Database, tmp_path: Path, max_batch: int = 50, window: float = 0.0, parallel_runs: int = 1
+) -> Executor:
+    config = ExecutorConfig(
+        ansible_dir=tmp_path,
+        runs_dir=tmp_path / "runs",
+        max_batch=max_batch,
+        max_parallel_runs=parallel_runs,
+        batch_window_s=window,
+        job_timeout_s=60,
+        keep_runs=5,
+    )
+    settings = Settings(insecure_no_auth=True, state_dir=tmp_path)  # type: ignore[call-arg]
+    context = Context(settings, SeedTokens(b"k" * 32))
+    return Executor(Store(db), config, env={}, secrets=[], context=context, after_run=lambda: None)
+
+
+def add_instance(db: Database, vmid: int) -> None:
+    with db.session() as session:
+        session.add(
+            Instance(
+                id=vmid,
+                name=f"n{vmid}",
+                vm_name=f"n{vmid}",
+                image_id="9000",
+                flavour_id="small",
+                node="pve1",
+                cores=1,
+                memory_mb=512,
+                disk_gb=4,
+                lifecycle=Lifecycle.BUILDING,
+                seed_token_hash=uuid.uuid4().hex,
+            )
+        )
+
+
+def provisioned(db: Database, vmid: int, lifecycle: Lifecycle = Lifecycle.PROVISIONED) -> None:
+    add_instance(db, vmid)
+    with db.session() as session:
+        session.get_one(Instance, vmid).lifecycle = lifecycle
+
+
+def add_job(db: Database, vmid: int, kind: JobKind, state: JobState = JobState.PENDING, age_s: float = 10) -> str:
+    job_id = str(uuid.uuid4())
+    with db.session() as session:
+        session.add(
+            Job(id=job_id, kind=kind, instance_id=vmid, state=state, created_at=utcnow() - timedelta(seconds=age_s))
+        )
+    time.sleep(0.002)  # distinct creation order
+    return job_id

@@ -1,0 +1,142 @@
+"""`provisioner` as a process: bad configuration stops it with a clear message, the flavour commands, a configured
+Proxmox endpoint (the settings themselves: tests/unit/test_configuration.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.settings import REFERENCE
+from tests.conftest import ROOT
+
+CLEAN = {"PATH": "/usr/bin:/bin"}
+VISA_TOKEN = "site-token-0123456789"
+OPERATOR_TOKEN = "operator-token-0123456789"
+TOKENS = {REFERENCE + "SERVER_AUTH_TOKEN": VISA_TOKEN, "PROVISIONER_OPERATOR_TOKEN": OPERATOR_TOKEN}
+
+
+def run_service(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`provisioner run` with only these variables, expected to stop at its configuration."""
+    return subprocess.run(
+        [sys.executable, "-m", "provisioner.cli", "run"],
+        env={**CLEAN, "PROVISIONER_STATE_DIR": str(tmp_path), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PROVISIONER_SSH_PUBLIC_KEYS": "ssh-ed25519 garbage"}, "configured SSH key #1"),
+        ({"PROVISIONER_FLAVOURS_FILE": "/nonexistent/flavours.yml"}, "cannot read flavour file"),
+        ({"VISA_WEB_PROVIDER_PROXMOX_ENDPOINT": "pve:8006"}, "must be a URL"),
+    ],
+)
+def test_bad_configuration_stops_the_service_with_a_clear_message(tmp_path: Path, env: dict[str, str], message: str):
+    result = run_service(tmp_path, {**TOKENS, **env})
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        (REFERENCE + "SERVER_AUTH_TOKEN", "s3cr3t-short", "at least 16 characters"),
+        (REFERENCE + "SERVER_AUTH_TOKEN", "s3cr3t with-a-space-0123", "visible ASCII characters only"),
+        ("PROVISIONER_OPERATOR_TOKEN", "s3cr3t-0123456789\n", "visible ASCII characters only"),
+        ("PROVISIONER_OPERATOR_TOKEN", "s3cr3t-op", "at least 16 characters"),
+        ("PROVISIONER_OPERATOR_TOKEN", VISA_TOKEN, "must differ from"),
+        ("DISCOVERY_READ_TOKEN", "s3cr3t-read", "at least 16 characters"),
+        ("DISCOVERY_READ_TOKEN", "s3cr3t\treading-0123456", "visible ASCII characters only"),
+    ],
+)
+def test_a_bad_token_stops_the_service_naming_the_variable_never_the_value(
+    tmp_path: Path, variable: str, value: str, message: str
+):
+    result = run_service(tmp_path, {**TOKENS, variable: value})
+    assert result.returncode == 2
+    assert variable in result.stderr and message in result.stderr
+    assert value.strip() not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_flavour_cli_sets_lists_imports_and_deletes(tmp_path: Path):
+    env = {**CLEAN, "PROVISIONER_STATE_DIR": str(tmp_path)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "provisioner.cli", "flavours", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+
+    done = cli(
+        "set", "gpu", "--name", "GPU node", "--cpus", "8", "--ram-mb", "65536", "--disk-gb", "100", "--linked-clone"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "gpu" in done.stdout and "65536 MB" in done.stdout and "linked" in done.stdout
+    bad = cli("set", "bad", "--name", "x", "--cpus", "0", "--ram-mb", "1024", "--disk-gb", "1")
+    assert bad.returncode != 0 and "cpus" in bad.stderr
+    shipped = ROOT / "engine" / "defaults" / "flavours.yml"
+    listed = cli("import", str(shipped)).stdout
+    assert "small" in listed and "gpu" in listed
+    assert "gpu" not in cli("delete", "gpu").stdout
+    assert cli("delete", "gpu").returncode != 0
+    assert "small" in cli("list").stdout
+
+
+def test_the_service_uses_a_configured_proxmox_endpoint(tmp_path: Path, simulator):
+    import socket
+
+    import httpx
+
+    from tests.conftest import wait_for
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **CLEAN,
+        "PROVISIONER_STATE_DIR": str(tmp_path),
+        **TOKENS,
+        "VISA_WEB_PROVIDER_PROXMOX_SERVER_PORT": str(port),
+        "VISA_WEB_PROVIDER_PROXMOX_ENDPOINT": f"https://{simulator.host}:{simulator.port}/api2/json/",
+        "VISA_WEB_PROVIDER_PROXMOX_USER": simulator.token_id,
+        "VISA_WEB_PROVIDER_PROXMOX_PASSWORD": simulator.token_secret,
+        "PROVISIONER_PROXMOX_CA_FILE": str(simulator.cafile),
+    }
+    service = subprocess.Popen(
+        [sys.executable, "-m", "provisioner.cli", "run"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"X-Auth-Token": VISA_TOKEN})
+
+        def images() -> list | None:
+            try:
+                response = client.get("/api/images")
+            except httpx.HTTPError:
+                return None
+            return response.json() if response.status_code == 200 else None
+
+        assert {i["id"] for i in wait_for(images, timeout=60, what="the service")} == {"9000", "9001"}
+        assert not (tmp_path / "simulator").exists(), "no embedded simulator when an endpoint is configured"
+    finally:
+        service.terminate()
+        output = service.communicate(timeout=30)[0]
+    assert simulator.token_secret not in output
+    assert VISA_TOKEN not in output and OPERATOR_TOKEN not in output

@@ -1,0 +1,97 @@
+"""The job queue: batching, per-instance ordering, cancel, crash recovery (no Ansible process involved)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from engine.db import Database
+from engine.models import Instance, Job, JobKind, JobState, Lifecycle, utcnow
+from tests.helpers.store import add_instance, add_job, make_executor
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    database = Database(f"sqlite:///{tmp_path / 'jobs.db'}")
+    database.migrate()
+    return database
+
+
+def states(db: Database) -> dict[str, str]:
+    with db.session() as session:
+        return {job.id: job.state for job in session.query(Job)}
+
+
+def test_a_batch_holds_one_job_per_instance_of_the_oldest_kind(db: Database, tmp_path: Path):
+    for vmid in (1, 2, 3):
+        add_instance(db, vmid)
+    first = [add_job(db, vmid, JobKind.CREATE, age_s=10 - vmid) for vmid in (1, 2)]
+    later = add_job(db, 1, JobKind.START, age_s=5)
+    other = add_job(db, 3, JobKind.DELETE, age_s=4)
+    claimed = make_executor(db, tmp_path)._claim_batch()
+    assert claimed is not None
+    _run_id, ids = claimed
+    assert sorted(ids) == sorted(first)
+    assert states(db)[later] == JobState.PENDING and states(db)[other] == JobState.PENDING
+    # instance 1 is busy now: its start waits; the delete of instance 3 can go
+    _run_id, ids = make_executor(db, tmp_path)._claim_batch() or (None, [])
+    assert ids == [other]
+
+
+def test_batches_are_capped_and_wait_for_the_window(db: Database, tmp_path: Path):
+    for vmid in range(1, 6):
+        add_instance(db, vmid)
+        add_job(db, vmid, JobKind.CREATE, age_s=0)
+    assert make_executor(db, tmp_path, window=30)._claim_batch() is None  # young jobs wait for company
+    claimed = make_executor(db, tmp_path, max_batch=2, window=30)._claim_batch()
+    assert claimed is not None and len(claimed[1]) == 2  # a full batch goes at once
+
+
+def test_ready_jobs_are_spread_over_the_idle_runs(db: Database, tmp_path: Path):
+    for vmid in range(1, 8):
+        add_instance(db, vmid)
+        add_job(db, vmid, JobKind.CREATE, age_s=1)
+    executor = make_executor(db, tmp_path, parallel_runs=2)
+    first = executor._claim_batch(idle_runs=2)
+    assert first is not None and len(first[1]) == 4  # 7 jobs, 2 idle runs: 4 now
+    second = executor._claim_batch(idle_runs=1)
+    assert second is not None and len(second[1]) == 3  # the rest for the other run
+    assert set(first[1]).isdisjoint(second[1])
+
+
+def test_jobs_not_due_yet_are_skipped(db: Database, tmp_path: Path):
+    add_instance(db, 1)
+    job_id = add_job(db, 1, JobKind.DELETE)
+    with db.session() as session:
+        session.get(Job, job_id).not_before = utcnow() + timedelta(minutes=5)
+    assert make_executor(db, tmp_path)._claim_batch() is None
+
+
+def test_recovery_requeues_idempotent_jobs_and_fails_reboots(db: Database, tmp_path: Path):
+    for vmid in (1, 2):
+        add_instance(db, vmid)
+    create = add_job(db, 1, JobKind.CREATE, JobState.RUNNING)
+    reboot = add_job(db, 2, JobKind.REBOOT, JobState.RUNNING)
+    assert make_executor(db, tmp_path).recover() == 2
+    assert states(db) == {create: JobState.PENDING, reboot: JobState.FAILED}
+
+
+def test_cancel_of_a_pending_job_is_immediate(db: Database, tmp_path: Path):
+    add_instance(db, 1)
+    job_id = add_job(db, 1, JobKind.CREATE)
+    executor = make_executor(db, tmp_path)
+    job = executor.cancel(job_id)
+    assert job is not None and job.state == JobState.CANCELED
+    with db.session() as session:  # a create canceled before it ran: the instance failed, with the reason
+        instance = session.get(Instance, 1)
+        assert instance.lifecycle == Lifecycle.ERROR and instance.fault_details == "canceled before it ran"
+    assert executor.cancel("no-such-job") is None
+
+
+def test_cancel_of_a_running_job_is_recorded(db: Database, tmp_path: Path):
+    add_instance(db, 1)
+    job_id = add_job(db, 1, JobKind.CREATE, JobState.RUNNING)
+    job = make_executor(db, tmp_path).cancel(job_id)
+    assert job is not None and job.state == JobState.RUNNING and job.cancel_requested

@@ -1,0 +1,204 @@
+"""The store's transitions: compare-and-set under concurrency, and what each one refuses to do."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import event
+
+from engine.db import Database
+from engine.errors import Conflict, NotFound
+from engine.jobs.runner import HostOutcome
+from engine.models import Instance, Job, JobKind, JobState, Lifecycle
+from engine.store import Finished, Store
+from tests.helpers.store import add_job, provisioned
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    database = Database(f"sqlite:///{tmp_path / 'store.db'}")
+    database.migrate()
+    yield database
+    database.dispose()
+
+
+def jobs_of(db: Database, vmid: int) -> list[tuple[str, str]]:
+    with db.session() as session:
+        rows = session.query(Job).filter(Job.instance_id == vmid).order_by(Job.created_at)
+        return [(job.kind, job.state) for job in rows]
+
+
+def take_all(ready: list[Job], _now: datetime) -> list[Job]:
+    return ready
+
+
+def test_a_job_canceled_while_a_claim_chooses_is_either_claimed_or_canceled_never_both(db: Database):
+    provisioned(db, 1)
+    job_id = add_job(db, 1, JobKind.START)
+    store = Store(db)
+    choosing, cancel_began = threading.Event(), threading.Event()
+
+    def cancel() -> None:
+        assert choosing.wait(10)
+        canceled.append(store.cancel(job_id)[0])
+
+    canceller = threading.Thread(target=cancel)
+
+    def begins(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if threading.current_thread() is canceller and statement.startswith("BEGIN"):
+            cancel_began.set()
+
+    def slow_choice(ready: list[Job], _now: datetime) -> list[Job]:
+        choosing.set()
+        # The cancel's transaction asks for the write lock while this claim holds it.
+        assert cancel_began.wait(10)
+        return ready
+
+    canceled: list[Job | None] = []
+    event.listen(db.engine, "before_cursor_execute", begins)
+    try:
+        canceller.start()
+        claimed = store.claim(slow_choice, "run-1")
+        canceller.join()
+    finally:
+        event.remove(db.engine, "before_cursor_execute", begins)
+    assert claimed == [job_id]
+    # The cancel waited for the claim's transaction: it found the job running and asked its run to stop.
+    job = canceled[0]
+    assert job is not None and job.state == JobState.RUNNING and job.cancel_requested
+
+
+def test_a_claim_returns_only_the_jobs_it_took(db: Database):
+    provisioned(db, 1)
+    provisioned(db, 2)
+    first, second = add_job(db, 1, JobKind.START), add_job(db, 2, JobKind.START)
+    store = Store(db)
+    assert store.cancel(second)[0] is not None  # canceled before the claim: not ready any more
+    assert store.claim(take_all, "run-1") == [first]
+    assert store.claim(take_all, "run-2") == []  # instance 1 is busy, instance 2 has nothing pending
+
+
+def test_concurrent_security_group_changes_all_count(db: Database):
+    provisioned(db, 1)
+    store = Store(db)
+    groups = [f"g{i}" for i in range(8)]
+    threads = [threading.Thread(target=store.change_groups, args=(1, [g], [])) for g in groups]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with db.session() as session:
+        assert sorted(session.get_one(Instance, 1).security_groups) == groups
+    assert jobs_of(db, 1) == [(JobKind.FIREWALL, JobState.PENDING)] * 8
+
+
+def test_the_same_waiting_power_request_is_one_job(db: Database):
+    provisioned(db, 1)
+    store = Store(db)
+    first = store.request_power(1, JobKind.STOP)
+    assert store.request_power(1, JobKind.STOP).id == first.id
+    other = store.request_power(1, JobKind.START)  # a different request after it is its own job
+    assert other.id != first.id
+    assert store.request_power(1, JobKind.STOP).id not in (first.id, other.id)  # stop, start, stop: three
+    assert [kind for kind, _ in jobs_of(db, 1)] == [JobKind.STOP, JobKind.START, JobKind.STOP]
+
+
+def test_power_is_refused_while_building_and_for_unknown_or_deleting_instances(db: Database):
+    provisioned(db, 1, Lifecycle.BUILDING)
+    provisioned(db, 2, Lifecycle.DELETING)
+    store = Store(db)
+    with pytest.raises(Conflict):
+        store.request_power(1, JobKind.START)
+    for vmid in (2, 3):
+        with pytest.raises(NotFound):
+            store.request_power(vmid, JobKind.START)
+    assert jobs_of(db, 1) == [] and jobs_of(db, 2) == []
+
+
+def test_a_delete_supersedes_waiting_jobs_and_asking_again_returns_it(db: Database):
+    provisioned(db, 1)
+    start = add_job(db, 1, JobKind.START)
+    store = Store(db)
+    delete = store.request_delete(1)
+    assert store.request_delete(1).id == delete.id
+    with db.session() as session:
+        assert session.get_one(Job, start).state == JobState.CANCELED
+        instance = session.get_one(Instance, 1)
+        assert instance.lifecycle == Lifecycle.DELETING and instance.delete_requested_at is not None
+    assert delete.max_attempts == 5
+
+
+def test_a_run_given_up_on_cannot_finish_its_jobs(db: Database):
+    provisioned(db, 1)
+    job_id = add_job(db, 1, JobKind.START)
+    store = Store(db)
+    assert store.claim(take_all, "run-1") == [job_id]
+    assert store.fail_run("run-1", "the playbook run did not end within 60 s") == 1
+    late = Finished(job_id, HostOutcome(ok=True), {"run_status": "successful"}, JobState.SUCCESSFUL)
+    assert store.finish("run-1", [late], retry_backoff_s=0) == []
+    with db.session() as session:
+        job = session.get_one(Job, job_id)
+        assert (job.state, job.error) == (JobState.ERROR, "the playbook run did not end within 60 s")
+
+
+def test_a_failed_job_with_attempts_left_goes_back_to_pending_with_a_backoff(db: Database):
+    provisioned(db, 1, Lifecycle.DELETING)
+    store = Store(db)
+    with db.session() as session:
+        session.get_one(Instance, 1).lifecycle = Lifecycle.PROVISIONED
+    delete = store.request_delete(1)
+    assert store.claim(take_all, "run-1") == [delete.id]
+    failed = Finished(delete.id, HostOutcome(ok=False, error="locked"), {}, JobState.FAILED)
+    assert [job.id for job in store.finish("run-1", [failed], retry_backoff_s=30)] == [delete.id]
+    with db.session() as session:
+        job = session.get_one(Job, delete.id)
+        assert job.state == JobState.PENDING and job.not_before is not None and job.run_id is None
+        assert session.get_one(Instance, 1).lifecycle == Lifecycle.DELETING
+
+
+def test_a_delete_that_fails_for_good_keeps_the_instance_deleting_with_its_fault(db: Database):
+    provisioned(db, 1)
+    store = Store(db)
+    delete = store.request_delete(1)
+    with db.session() as session:
+        session.get_one(Job, delete.id).max_attempts = 1
+    store.claim(take_all, "run-1")
+    failed = Finished(delete.id, HostOutcome(ok=False, error="VM is locked (backup)"), {}, JobState.FAILED)
+    store.finish("run-1", [failed], retry_backoff_s=0)
+    with db.session() as session:
+        instance = session.get_one(Instance, 1)
+        assert instance.lifecycle == Lifecycle.DELETING  # never DELETED while the VM is there
+        assert (instance.fault_message, instance.fault_details) == (
+            "the instance could not be deleted",
+            "VM is locked (backup)",
+        )
+
+
+def test_a_vanished_vm_is_not_marked_deleted_while_a_job_of_it_is_open(db: Database):
+    provisioned(db, 1)
+    provisioned(db, 2)
+    add_job(db, 1, JobKind.START)
+    store = Store(db)
+    assert not store.mark_vanished(1)
+    assert store.mark_vanished(2)
+    assert not store.mark_vanished(2)  # already deleted: nothing to do
+
+
+def test_a_job_whose_run_died_under_it_gets_one_more_try_than_its_kind(db: Database):
+    provisioned(db, 1, Lifecycle.BUILDING)
+    job_id = add_job(db, 1, JobKind.CREATE)
+    store = Store(db)
+    for run in ("run-1", "run-2"):
+        assert store.claim(take_all, run) == [job_id]
+        died = HostOutcome(ok=False, unfinished=True, error="the playbook run ended before this VM was done")
+        store.finish(run, [Finished(job_id, died, {}, JobState.FAILED, extra_attempt=True)], retry_backoff_s=0)
+        with db.session() as session:
+            session.get_one(Job, job_id).not_before = None
+    with db.session() as session:
+        job = session.get_one(Job, job_id)
+        assert (job.state, job.attempts) == (JobState.FAILED, 2)  # retried once, then failed
+        assert session.get_one(Instance, 1).lifecycle == Lifecycle.ERROR
