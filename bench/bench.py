@@ -134,6 +134,8 @@ class Processes:
             PROVISIONER_STATE_DIR=str(workdir / "service"),
             PROVISIONER_SSH_PUBLIC_KEYS=KEY,
             PROVISIONER_LOG_LEVEL="WARNING",
+            # The pre-seeded VMs stand for ones the reference provider made: adopted by name, as on a migrated site.
+            PROVISIONER_ADOPT_REFERENCE_VMS="true",
         )
         self.service = subprocess.Popen(
             [sys.executable, "-m", "provisioner.cli", "run"],  # the `provisioner` command, from `root`

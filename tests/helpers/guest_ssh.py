@@ -33,7 +33,7 @@ class GuestSSH:
         key_type, key_data = host_key.split()[:2]
         self.known_hosts.write_text(f"{address} {key_type} {key_data}\n")
 
-    def command(self, remote: str) -> list[str]:
+    def command(self, remote: str, log_level: str = "ERROR") -> list[str]:
         return [
             "ssh",
             "-F", "/dev/null",
@@ -43,13 +43,14 @@ class GuestSSH:
             "-o", "StrictHostKeyChecking=yes",
             "-o", f"UserKnownHostsFile={self.known_hosts}",
             "-o", "ConnectTimeout=5",
-            "-o", "LogLevel=ERROR",
+            "-o", f"LogLevel={log_level}",
             f"{self.user}@{self.address}",
             remote,
         ]  # fmt: skip
 
-    def run(self, remote: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.command(remote), capture_output=True, text=True, timeout=timeout, check=False)
+    def run(self, remote: str, timeout: float = 60, log_level: str = "ERROR") -> subprocess.CompletedProcess[str]:
+        command = self.command(remote, log_level)
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
 
     def check(self, remote: str, timeout: float = 60) -> str:
         """The command's stdout; an AssertionError with its stderr if it failed."""
@@ -62,11 +63,13 @@ class GuestSSH:
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline:
-            last = self.run("true", timeout=15)
+            # INFO: a refusal before authentication ("Connection closed by", a nologin banner) is said only at INFO.
+            last = self.run("true", timeout=15, log_level="INFO")
             if last.returncode == 0:
                 return
             time.sleep(1)
-        raise AssertionError(f"no SSH login to {self.user}@{self.address} within {timeout} s: {last and last.stderr}")
+        said = last and f"exit {last.returncode}: {last.stderr.strip()}"
+        raise AssertionError(f"no SSH login to {self.user}@{self.address} within {timeout} s ({said})")
 
 
 def scanned_host_key(address: str, timeout: float = 60) -> str:
