@@ -1,4 +1,4 @@
-"""Operator routes under /v1 (Bearer token): jobs and events, flavours; plus /healthz, /readyz, /metrics."""
+"""Operator routes under /v1 (Bearer token): jobs and events, workers, flavours; plus /healthz, /readyz, /metrics."""
 
 from __future__ import annotations
 
@@ -77,6 +77,19 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    worker_id: str | None = None  # the worker that claimed it last
+    run_id: str | None = None  # its playbook run (artifacts in <state dir>/runs/<run_id>/), while it has one
+
+
+class WorkerOut(BaseModel):
+    id: str
+    host: str
+    pid: int
+    slots: int  # playbook runs at once (PROVISIONER_MAX_PARALLEL_RUNS)
+    started_at: datetime
+    heartbeat_at: datetime
+    draining: bool
+    running_jobs: int
 
 
 class EventOut(BaseModel):
@@ -132,6 +145,12 @@ def cancel_job(job_id: str, service: ProvisionerDep) -> JobOut:
     if job is None:
         raise NotFound(f"job {job_id!r} does not exist")
     return job_out(job)
+
+
+@router.get("/workers", response_model=list[WorkerOut])
+def list_workers(service: ProvisionerDep) -> list[WorkerOut]:
+    """The worker processes that run the jobs, with their last heartbeat and how many jobs each runs."""
+    return [WorkerOut.model_validate(worker, from_attributes=True) for worker in service.workers()]
 
 
 @router.get("/flavours", response_model=list[FlavourOut])

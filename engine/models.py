@@ -1,4 +1,4 @@
-"""Persistent state: instances, jobs, job events, flavours (SQLAlchemy 2 ORM)."""
+"""Persistent state: instances, jobs, job events, workers, flavours (SQLAlchemy 2 ORM)."""
 
 from __future__ import annotations
 
@@ -104,6 +104,7 @@ class Job(Base):
     state: Mapped[str] = mapped_column(String(16), default=JobState.PENDING)
     run_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
     run_pgid: Mapped[int | None] = mapped_column(Integer, default=None)  # the run's ansible-playbook process group
+    worker_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)  # the worker running it
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=1)
     not_before: Mapped[datetime | None] = mapped_column(default=None)
@@ -127,6 +128,20 @@ class JobEvent(Base):
     stdout: Mapped[str] = mapped_column(Text, default="")
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Worker(Base):
+    """A worker process (`provisioner worker`): it claims and runs jobs, and beats while it lives."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    slots: Mapped[int] = mapped_column(Integer, default=1)  # playbook runs it may run at once
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+    draining: Mapped[bool] = mapped_column(Boolean, default=False)  # finishing its runs; claims nothing new
 
 
 class Flavour(Base):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from engine import cloudinit
@@ -20,8 +20,8 @@ from engine.capacity import building_reservations, instances_in_quota
 from engine.errors import BackendUnavailable, NotFound
 from engine.flavours import FlavourSpec, list_flavours, upsert_flavour
 from engine.intake import CreateIntake, CreateRequest, check_security_groups
-from engine.jobs.executor import Executor
-from engine.models import Flavour, Instance, Job, JobEvent, JobKind, JobState, Lifecycle, utcnow
+from engine.jobs.queue import JobQueue
+from engine.models import Flavour, Instance, Job, JobEvent, JobKind, JobState, Lifecycle, Worker, utcnow
 from engine.naming import FLAVOUR_ID, JOB_ID, as_vmid, hostname
 from engine.proxmox import ClusterView, ProxmoxUnavailable, Snapshot
 from engine.seeds import SeedTokens
@@ -29,6 +29,18 @@ from engine.settings import Settings
 from engine.store import Store, aware
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    id: str
+    host: str
+    pid: int
+    slots: int
+    started_at: datetime
+    heartbeat_at: datetime
+    draining: bool
+    running_jobs: int
 
 
 @dataclass(frozen=True)
@@ -55,14 +67,14 @@ class Provisioner:
         seeds: SeedTokens,
         cluster: ClusterView,
         site_keys: list[str],
-        executor: Executor,
+        queue: JobQueue,
     ) -> None:
         self.settings = settings
         self.store = store
         self.cluster = cluster
         self.site_keys = site_keys
-        self.executor = executor  # runs the jobs this service records; told when there are new ones
-        self.intake = CreateIntake(settings, store, seeds, cluster, site_keys, on_committed=executor.notify)
+        self.queue = queue  # the workers run the jobs this service records; told when there are new ones
+        self.intake = CreateIntake(settings, store, seeds, cluster, site_keys, on_committed=queue.notify)
 
     def start(self) -> None:
         self.intake.start()
@@ -165,13 +177,13 @@ class Provisioner:
     def delete(self, instance_id: str) -> Job:
         """Queue the deletion; asking again while one is queued returns it, after a failed one retries."""
         job = self.store.request_delete(self._vmid(instance_id))
-        self.executor.notify()
+        self.queue.notify()
         return job
 
     def power(self, instance_id: str, kind: JobKind) -> Job:
         """Queue a power change; the same change already waiting is answered with that job."""
         job = self.store.request_power(self._vmid(instance_id), kind)
-        self.executor.notify()
+        self.queue.notify()
         return job
 
     def add_security_group(self, instance_id: str, group: str) -> Job | None:
@@ -184,7 +196,7 @@ class Provisioner:
     def _change_groups(self, instance_id: str, add: list[str], remove: list[str]) -> Job | None:
         job = self.store.change_groups(self._vmid(instance_id), add, remove)
         if job is not None:
-            self.executor.notify()
+            self.queue.notify()
         return job
 
     # ---------------------------------------------------------- seed server
@@ -221,6 +233,31 @@ class Provisioner:
             query = query.where(Job.instance_id == instance_id)
         with self.store.read() as session:
             return list(session.scalars(query))
+
+    def workers(self) -> list[WorkerView]:
+        """The workers that joined and did not leave, oldest first, with the jobs each runs."""
+        with self.store.read() as session:
+            running = dict(
+                session.execute(
+                    select(Job.worker_id, func.count())
+                    .where(Job.state == JobState.RUNNING, Job.worker_id.is_not(None))
+                    .group_by(Job.worker_id)
+                ).all()
+            )
+            rows = session.scalars(select(Worker).order_by(Worker.started_at))
+            return [
+                WorkerView(
+                    w.id,
+                    w.host,
+                    w.pid,
+                    w.slots,
+                    aware(w.started_at),
+                    aware(w.heartbeat_at),
+                    w.draining,
+                    running.get(w.id, 0),
+                )
+                for w in rows
+            ]
 
     def job(self, job_id: str) -> Job:
         job_id = _known_form(JOB_ID, job_id, "job")
@@ -261,7 +298,7 @@ class Provisioner:
         """Cancel a job: a pending one at once, a running one with its playbook run; None if there is no such job."""
         if not JOB_ID.fullmatch(job_id):
             return None
-        return self.executor.cancel(job_id)
+        return self.queue.cancel(job_id)
 
     # ------------------------------------------------------------- helpers
 

@@ -82,7 +82,14 @@ class Settings(BaseSettings):
     nodes: str = Field("", validation_alias=env("PROVISIONER_NODES"))
 
     max_batch: int = Field(50, ge=1, le=200, validation_alias=env("PROVISIONER_MAX_BATCH"))
-    max_parallel_runs: int = Field(2, ge=1, le=16, validation_alias=env("PROVISIONER_MAX_PARALLEL_RUNS"))
+    max_parallel_runs: int = Field(2, ge=1, le=16, validation_alias=env("PROVISIONER_MAX_PARALLEL_RUNS"))  # per worker
+    # Worker processes `provisioner run` starts on this machine (0: none, workers run elsewhere: `provisioner worker`).
+    workers: int = Field(1, ge=0, le=64, validation_alias=env("PROVISIONER_WORKERS"))
+    worker_heartbeat_s: float = Field(5.0, gt=0, le=300, validation_alias=env("PROVISIONER_WORKER_HEARTBEAT"))
+    # A worker silent this long is lost: its jobs go to other workers (the kinds that must not run twice fail).
+    worker_lost_after_s: float = Field(30.0, gt=0, validation_alias=env("PROVISIONER_WORKER_LOST_AFTER"))
+    # A stopping worker (SIGTERM) lets its runs finish this long before it interrupts them and hands them back.
+    worker_drain_s: float = Field(600.0, ge=0, validation_alias=env("PROVISIONER_WORKER_DRAIN"))
     batch_window_ms: int = Field(300, ge=0, le=10000, validation_alias=env("PROVISIONER_BATCH_WINDOW_MS"))
     job_timeout_s: int = Field(1800, ge=10, validation_alias=env("PROVISIONER_JOB_TIMEOUT"))
     address_timeout_s: int = Field(600, ge=5, validation_alias=env("PROVISIONER_ADDRESS_TIMEOUT"))
@@ -223,6 +230,15 @@ class Settings(BaseSettings):
             if password:
                 values.append(str(password))
         return values
+
+    @property
+    def bell_dir(self) -> Path:
+        """Where this machine's workers and API process wake each other (engine/jobs/bell.py)."""
+        return self.state_dir / "bell"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.state_dir / "runs"
 
     @property
     def seed_key_path(self) -> Path:

@@ -20,14 +20,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, insert, select, update
+from sqlalchemy import Select, Table, delete, distinct, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from engine.db import Database
 from engine.errors import Conflict, NotFound
 from engine.jobs.kinds import KINDS, apply_outcome
-from engine.jobs.runner import HostOutcome
-from engine.models import Instance, Job, JobEvent, JobKind, JobState, Lifecycle, utcnow
+from engine.jobs.outcome import HostOutcome
+from engine.models import Instance, Job, JobEvent, JobKind, JobState, Lifecycle, Worker, utcnow
 
 OPEN = (JobState.PENDING, JobState.RUNNING)
 POWER_JOBS = (JobKind.START, JobKind.SHUTDOWN, JobKind.STOP, JobKind.REBOOT)
@@ -51,8 +51,9 @@ class StaleRun:
     pgid: int | None
 
 
-# Picks, among the ready jobs (the oldest job of each idle instance, if due; oldest first), those to run together.
-ClaimPolicy = Callable[[list[Job], datetime], list[Job]]
+# Picks, among the ready jobs (the oldest job of each idle instance, if due; oldest first), those to run together;
+# given the runs free on every live worker (None when claiming for no worker).
+ClaimPolicy = Callable[[list[Job], datetime, int | None], list[Job]]
 
 
 class Store:
@@ -126,10 +127,19 @@ class Store:
 
     # ------------------------------------------------------------ the executor's transitions
 
-    def claim(self, choose: ClaimPolicy, run_id: str) -> list[str]:
-        """claim: the jobs `choose` picks among the ready ones, PENDING → RUNNING under `run_id`; their ids."""
+    def claim(
+        self, choose: ClaimPolicy, run_id: str, worker_id: str | None = None, lost_before: datetime | None = None
+    ) -> list[str]:
+        """claim: the jobs `choose` picks among the ready ones, PENDING → RUNNING under `run_id` on worker_id; their
+        ids. A draining or lost worker (no row) claims nothing."""
         now = utcnow()
         with self.db.write() as session:
+            free_slots = None
+            if worker_id is not None:
+                worker = session.get(Worker, worker_id)
+                if worker is None or worker.draining:
+                    return []
+                free_slots = _free_slots(session, lost_before or now)
             busy = set(session.scalars(select(Job.instance_id).where(Job.state == JobState.RUNNING)))
             pending = session.scalars(select(Job).where(Job.state == JobState.PENDING).order_by(Job.created_at))
             seen: set[int] = set()
@@ -139,13 +149,19 @@ class Store:
                 seen.add(job.instance_id)
                 if first_for_instance and job.instance_id not in busy and _due(job, now):
                     ready.append(job)
-            chosen = [job.id for job in choose(ready, now)]
+            chosen = [job.id for job in choose(ready, now, free_slots)]
             if not chosen:
                 return []
             claimed = session.scalars(
                 update(Job)
                 .where(Job.id.in_(chosen), Job.state == JobState.PENDING)
-                .values(state=JobState.RUNNING, run_id=run_id, started_at=now, attempts=Job.attempts + 1)
+                .values(
+                    state=JobState.RUNNING,
+                    run_id=run_id,
+                    worker_id=worker_id,
+                    started_at=now,
+                    attempts=Job.attempts + 1,
+                )
                 .returning(Job.id)
             )
             return list(claimed)
@@ -175,13 +191,14 @@ class Store:
                 changed.append(job)
                 if item.interrupted:
                     job.state, job.run_id, job.started_at, job.run_pgid = JobState.PENDING, None, None, None
+                    job.worker_id = None
                     job.attempts = max(0, job.attempts - 1)
                     continue
                 job.result = item.result
                 job.error = item.outcome.error if not item.outcome.ok else None
                 job.run_pgid = None
                 if item.state == JobState.FAILED and job.attempts < job.max_attempts + item.extra_attempt:
-                    job.state, job.run_id = JobState.PENDING, None
+                    job.state, job.run_id, job.worker_id = JobState.PENDING, None, None
                     job.not_before = utcnow() + timedelta(seconds=retry_backoff_s * job.attempts)
                     continue
                 job.state = item.state
@@ -212,29 +229,87 @@ class Store:
             session.expunge(job)
             return job, stop_run
 
-    def stale_runs(self) -> list[StaleRun]:
-        """The runs a crashed service left RUNNING (to kill before `recover`)."""
-        with self.db.session() as session:
-            rows = session.execute(select(Job.run_id, Job.run_pgid).where(Job.state == JobState.RUNNING).distinct())
-            return [StaleRun(run_id, pgid) for run_id, pgid in rows if run_id]
-
-    def recover(self) -> int:
-        """Jobs left RUNNING by a crash go back to PENDING, or fail for the kinds that must not run twice."""
-        with self.db.write() as session:
-            stale = list(session.scalars(select(Job).where(Job.state == JobState.RUNNING)))
-            for job in stale:
-                job.run_id, job.run_pgid = None, None
-                if KINDS[JobKind(job.kind)].rerun_after_crash:
-                    job.state = JobState.PENDING
-                else:
-                    self._end(session, job, JobState.FAILED, "interrupted by a service restart; not repeated")
-            return len(stale)
-
-    def overdue_runs(self, started_before: datetime) -> list[StaleRun]:
+    def stale_runs(self, worker_id: str | None) -> list[StaleRun]:
+        """The runs a lost worker left RUNNING (None: jobs no worker claimed, from before workers), to kill before
+        `recover`."""
         with self.db.session() as session:
             rows = session.execute(
                 select(Job.run_id, Job.run_pgid)
-                .where(Job.state == JobState.RUNNING, Job.started_at < started_before)
+                .where(Job.state == JobState.RUNNING, Job.worker_id == worker_id)
+                .distinct()
+            )
+            return [StaleRun(run_id, pgid) for run_id, pgid in rows if run_id]
+
+    def recover(self, worker_id: str | None, reason: str = "its worker was lost") -> int:
+        """recover: the jobs a lost worker left RUNNING go back to PENDING, or fail for the kinds that must not run
+        twice; the worker's row goes. None: the jobs no worker claimed (left by a service from before workers)."""
+        with self.db.write() as session:
+            stale = list(session.scalars(select(Job).where(Job.state == JobState.RUNNING, Job.worker_id == worker_id)))
+            for job in stale:
+                job.run_id, job.run_pgid, job.worker_id = None, None, None
+                if KINDS[JobKind(job.kind)].rerun_after_crash:
+                    job.state = JobState.PENDING
+                else:
+                    self._end(session, job, JobState.FAILED, f"interrupted: {reason}; not repeated")
+            if worker_id is not None:
+                session.execute(delete(Worker).where(Worker.id == worker_id))
+            return len(stale)
+
+    # ------------------------------------------------------------ workers
+
+    def register_worker(self, worker_id: str, host: str, pid: int, slots: int = 1) -> None:
+        with self.db.write() as session:
+            now = utcnow()
+            session.add(Worker(id=worker_id, host=host, pid=pid, slots=slots, started_at=now, heartbeat_at=now))
+
+    def heartbeat(self, worker_id: str, draining: bool = False) -> bool:
+        """The worker is alive (and draining or not); False if it was declared lost meanwhile (its row is gone)."""
+        with self.db.write() as session:
+            changed = session.execute(
+                update(Worker).where(Worker.id == worker_id).values(heartbeat_at=utcnow(), draining=draining)
+            )
+            return bool(changed.rowcount)  # type: ignore[attr-defined]
+
+    def leave(self, worker_id: str) -> None:
+        """A worker that stopped cleanly: its row goes (its runs ended or were handed back)."""
+        with self.db.write() as session:
+            session.execute(delete(Worker).where(Worker.id == worker_id))
+
+    def workers(self) -> list[Worker]:
+        with self.db.session() as session:
+            return list(session.scalars(select(Worker).order_by(Worker.started_at)))
+
+    def orphaned(self) -> bool:
+        """Are there RUNNING jobs no worker claimed (a service from before workers crashed under them)?"""
+        with self.db.session() as session:
+            query = select(Job.id).where(Job.state == JobState.RUNNING, Job.worker_id.is_(None)).limit(1)
+            return session.scalar(query) is not None
+
+    def runs_to_stop(self, run_ids: Sequence[str]) -> set[str]:
+        """Among run_ids, those every RUNNING job of which asked to be canceled."""
+        if not run_ids:
+            return set()
+        with self.db.session() as session:
+            rows = session.execute(
+                select(Job.run_id, Job.cancel_requested).where(Job.run_id.in_(run_ids), Job.state == JobState.RUNNING)
+            )
+            wanted: dict[str, bool] = {}
+            for run_id, canceled in rows:
+                if run_id is not None:
+                    wanted[run_id] = wanted.get(run_id, True) and bool(canceled)
+            return {run_id for run_id, stop in wanted.items() if stop}
+
+    def running_run_ids(self) -> set[str]:
+        with self.db.session() as session:
+            query = select(Job.run_id).where(Job.state == JobState.RUNNING, Job.run_id.is_not(None)).distinct()
+            return {run_id for run_id in session.scalars(query) if run_id}
+
+    def overdue_runs(self, started_before: datetime, worker_id: str | None) -> list[StaleRun]:
+        """A worker's runs RUNNING since before started_before."""
+        with self.db.session() as session:
+            rows = session.execute(
+                select(Job.run_id, Job.run_pgid)
+                .where(Job.state == JobState.RUNNING, Job.started_at < started_before, Job.worker_id == worker_id)
                 .distinct()
             )
             return [StaleRun(run_id, pgid) for run_id, pgid in rows if run_id]
@@ -373,6 +448,19 @@ def _deleted(instance: Instance) -> None:
     instance.lifecycle = Lifecycle.DELETED
     instance.deleted_at = utcnow()
     instance.address = None
+
+
+def _free_slots(session: Session, lost_before: datetime) -> int:
+    """The runs every live worker that is not draining could start now (at least 1: the one claiming)."""
+    busy = dict(
+        session.execute(
+            select(Job.worker_id, func.count(distinct(Job.run_id)))
+            .where(Job.state == JobState.RUNNING, Job.worker_id.is_not(None))
+            .group_by(Job.worker_id)
+        ).all()
+    )
+    live = session.scalars(select(Worker).where(Worker.draining.is_(False), Worker.heartbeat_at >= lost_before))
+    return max(1, sum(max(0, worker.slots - busy.get(worker.id, 0)) for worker in live))
 
 
 def _due(job: Job, now: datetime) -> bool:

@@ -1,4 +1,4 @@
-"""`provisioner` command line: run the service, manage flavours."""
+"""`provisioner` command line: run the service or a worker, manage flavours."""
 
 from __future__ import annotations
 
@@ -128,6 +128,21 @@ def run(args: argparse.Namespace) -> None:
     )
 
 
+def worker(_args: argparse.Namespace) -> None:
+    """A worker process on this machine, for the store at PROVISIONER_DATABASE_URL; until SIGTERM (drain) or SIGINT."""
+    from provisioner.worker import serve
+    from provisioner.worker_spec import WorkerSetupError, standalone_spec
+
+    settings = _settings({})
+    _configure_logging()
+    try:
+        spec = standalone_spec(settings)
+    except (WorkerSetupError, OSError, ValueError) as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    serve(spec)
+
+
 def discovery(_args: argparse.Namespace) -> None:
     from discovery.server import serve
 
@@ -237,6 +252,9 @@ def main(argv: list[str] | None = None) -> None:
     actions.add_parser("import", help="create or replace the flavours of a YAML file").add_argument("file")
     actions.add_parser("list", help="list the flavours")
     flavour_parser.set_defaults(func=flavours, action="list")
+    sub.add_parser(
+        "worker", help="run jobs (playbooks) for the service whose database PROVISIONER_DATABASE_URL names"
+    ).set_defaults(func=worker)
     sub.add_parser("discovery", help="serve the discovery registry alone (DISCOVERY_* variables)").set_defaults(
         func=discovery
     )

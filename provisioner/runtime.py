@@ -1,10 +1,12 @@
-"""Assembles the running service: database, cluster view, job executor, reconciler, HTTP application."""
+"""Assembles the running service: database, cluster view, job queue and its worker processes, reconciler, HTTP
+application. This process records intents; the workers (provisioner/worker.py) run the playbooks."""
 
 from __future__ import annotations
 
 import logging
 import shlex
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,8 @@ from engine.advertiser import Advertisement, Advertiser, advertisement
 from engine.capacity import building_reservations
 from engine.db import Database
 from engine.flavours import seed_flavours
-from engine.jobs.executor import Executor, ExecutorConfig
-from engine.jobs.kinds import Context
+from engine.jobs import bell
+from engine.jobs.queue import StoreQueue
 from engine.proxmox import ClusterView, ProxmoxConnection, Snapshot
 from engine.reconciler import Reconciler
 from engine.seeds import SeedTokens
@@ -31,6 +33,8 @@ from engine.service import Provisioner
 from engine.settings import Settings
 from engine.sshkeys import site_keys
 from engine.store import Store
+from provisioner.worker_spec import WorkerSpec, discovery_env
+from provisioner.workers import WorkerProcesses
 from web_provider import http as visa_http
 
 log = logging.getLogger(__name__)
@@ -57,7 +61,8 @@ class Runtime:
         self.keys = site_keys(settings.ssh_public_keys, settings.ssh_public_key_files)
         self.cluster: ClusterView | None = None
         self.provisioner: Provisioner | None = None
-        self.executor: Executor | None = None
+        self.workers: WorkerProcesses | None = None
+        self._runs_ended: RunsEnded | None = None
         self.reconciler: Reconciler | None = None
 
     def start(self) -> None:
@@ -78,30 +83,24 @@ class Runtime:
             )
         self.cluster = ClusterView(self.connection, settings.refresh_interval_s, settings.stale_after_s)
         discovery_env = self._start_discovery(self.cluster) if settings.discovery_enabled else {}
-        self.executor = Executor(
-            self.store,
-            ExecutorConfig(
-                ansible_dir=settings.ansible_dir,
-                runs_dir=settings.state_dir / "runs",
-                max_batch=settings.max_batch,
-                max_parallel_runs=settings.max_parallel_runs,
-                batch_window_s=settings.batch_window_ms / 1000,
-                job_timeout_s=settings.job_timeout_s,
-                keep_runs=settings.keep_runs,
-                nice=settings.job_nice,
+        self.workers = WorkerProcesses(
+            WorkerSpec(
+                settings,
+                ansible_env=self.connection.ansible_env() | discovery_env,
+                secrets=[self.connection.secret, *settings.secret_values(), *self._registry_secrets()],
+                log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
             ),
-            env=self.connection.ansible_env() | discovery_env,
-            secrets=[self.connection.secret, *settings.secret_values(), *self._registry_secrets()],
-            context=Context(settings, self.seeds),
-            after_run=self.cluster.poke,
+            settings.workers,
         )
-        self.provisioner = Provisioner(settings, self.store, self.seeds, self.cluster, self.keys, self.executor)
+        queue = StoreQueue(self.store, settings.bell_dir)
+        self.provisioner = Provisioner(settings, self.store, self.seeds, self.cluster, self.keys, queue)
         self.provisioner.start()
         try:
             self.cluster.start()
         except Exception:
             log.warning("Proxmox is not reachable at start-up; serving with a stale cluster view")
-        self.executor.start()
+        self._runs_ended = RunsEnded(settings, self.cluster.poke)
+        self.workers.start()
         self.reconciler = Reconciler(self.store, self.seeds, self.cluster, settings)
         self.reconciler.start()
         if self.advertiser is not None:
@@ -111,7 +110,8 @@ class Runtime:
         for part in (
             self.provisioner,
             self.reconciler,
-            self.executor,
+            self.workers,
+            self._runs_ended,
             self.advertiser,
             self.cluster,
             self.registry,
@@ -140,12 +140,7 @@ class Runtime:
             lambda: self._advertisement(settings, cluster.snapshot()),
             settings.advertise_interval_s,
         )
-        env = {
-            "DISCOVERY_URL": url,
-            "DISCOVERY_PROVIDER_KEY_FILE": str(settings.provider_key_path),
-            "DISCOVERY_HOST_SSH_USER": settings.cloud_init_user,
-            "DISCOVERY_TRUSTED_PROVIDERS": settings.trusted_providers or own_id,
-        }
+        env = discovery_env(settings, url, own_id)
         write_env_file(settings.state_dir / "discovery.env", env)
         return env
 
@@ -200,6 +195,28 @@ class Runtime:
         reachable = self.simulator.expose(s.server_port, target, s.server_port)
         s.metadata_server = f"http://{reachable}{s.seed_path_prefix}/"
         log.info("real guests (%s) fetch their seeds at %s", s.sim_guests, s.seed_base_url)
+
+
+class RunsEnded:
+    """Refreshes the cluster view as soon as a worker says a run ended (a create's VM is then seen at once)."""
+
+    def __init__(self, settings: Settings, poke: Callable[[], None]) -> None:
+        self._listener = bell.Listener(settings.bell_dir, bell.RUNS)
+        self._poke = poke
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="runs-ended", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            if self._listener.wait(5.0) and not self._stop.is_set():
+                self._poke()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._listener.interrupt()
+        self._thread.join(timeout=5)
+        self._listener.close()
 
 
 def write_env_file(path: Path, env: dict[str, str]) -> None:

@@ -1,10 +1,11 @@
-"""The job executor: pending jobs → batches → one playbook run per batch, on a small worker pool.
+"""The job executor of one worker process: pending jobs → batches → one playbook run per batch, on a few threads.
 
 Jobs are rows (persisted before they run). A dispatcher thread groups pending jobs of the same kind for
-distinct instances into a batch (waiting `batch_window` for more to arrive, up to `max_batch`), marks
-them running and hands the batch to a worker, which runs the playbook once with one inventory host per
-VM. Jobs of one instance never overlap and run in the order they were accepted. After a crash, running
-jobs go back to pending: every playbook is idempotent, so re-running one is safe.
+distinct instances into a batch (waiting `batch_window` for more to arrive, up to `max_batch`), claims them for
+this worker and hands the batch to a thread, which runs the playbook once with one inventory host per VM. Jobs of
+one instance never overlap and run in the order they were accepted, whichever worker runs them. What a lost
+worker was running goes back to pending (engine/jobs/worker.py): every playbook is idempotent, so re-running one
+is safe.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from engine.jobs.kinds import KINDS, Context, host_variables
-from engine.jobs.processes import kill_run, scrub_run_inputs
+from engine.jobs.outcome import ADDRESS, EventRecord, HostOutcome, RunOutcome
+from engine.jobs.processes import kill_run
 from engine.jobs.redact import Redactor
-from engine.jobs.runner import ADDRESS, EventRecord, HostOutcome, PlaybookRun, RunOutcome
+from engine.jobs.runner import PlaybookRun
 from engine.metrics import BATCH_SIZE, JOBS_FINISHED, RUN_SECONDS
 from engine.models import Job, JobEvent, JobKind, JobState, utcnow
 from engine.store import Finished, Store, aware
@@ -49,6 +51,7 @@ class ExecutorConfig:
     job_timeout_s: int
     keep_runs: int
     nice: int = 10  # playbook processes yield the CPU to the API and the seed server
+    lost_after_s: float = 30.0  # a worker silent this long has no free runs to share a burst with
 
 
 class Executor:
@@ -60,8 +63,10 @@ class Executor:
         secrets: list[str],
         context: Context,
         after_run: Callable[[], None],
+        worker_id: str | None = None,
     ) -> None:
         self._store = store
+        self._worker_id = worker_id
         self._config = config
         self._env = env
         self._secrets = secrets
@@ -69,6 +74,7 @@ class Executor:
         self._after_run = after_run
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._draining = threading.Event()
         self._pool = ThreadPoolExecutor(config.max_parallel_runs, thread_name_prefix="ansible-run")
         self._active_lock = threading.Lock()
         self._active_runs = 0  # runs started and not finished; only the dispatcher thread starts them
@@ -81,7 +87,6 @@ class Executor:
 
     def start(self) -> None:
         self._config.runs_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
-        self.recover()
         self._thread = threading.Thread(target=self._loop, name="job-dispatcher", daemon=True)
         self._thread.start()
 
@@ -95,28 +100,38 @@ class Executor:
             self._thread.join(timeout=10)
         self._pool.shutdown(wait=wait)
 
+    def drain(self) -> None:
+        """Claim nothing more; the runs going on finish (`active_runs` says how many are left)."""
+        self._draining.set()
+
     def notify(self) -> None:
         self._wake.set()
 
-    def recover(self) -> int:
-        """What a crash left RUNNING: its playbook processes killed, then its jobs back to pending (or failed,
-        for the kinds that must not run twice)."""
-        for run in self._store.stale_runs():
-            kill_run(run)
-        scrub_run_inputs(self._config.runs_dir)
-        return self._store.recover()
-
     # --- cancel
 
-    def cancel(self, job_id: str) -> Job | None:
-        """Cancel a pending job at once; a running one stops with its run once every job in it asked."""
-        job, stop_run = self._store.cancel(job_id)
-        if stop_run is not None:
-            with self._cancels_lock:
-                event = self._cancels.get(stop_run)
-            if event is not None:
-                event.set()
-        return job
+    def stop_canceled(self) -> None:
+        """Stop the runs of this worker every job of which asked to be canceled (`Store.cancel`, from any process)."""
+        with self._cancels_lock:
+            running = dict(self._cancels)
+        for run_id in self._store.runs_to_stop(list(running)):
+            log.info("run %s: every job in it was canceled; stopping it", run_id)
+            running[run_id].set()
+
+    def stop_all(self) -> None:
+        """Stop every run of this worker now (its jobs were handed to others: this worker was declared lost)."""
+        with self._cancels_lock:
+            for cancel in self._cancels.values():
+                cancel.set()
+
+    @property
+    def slots(self) -> int:
+        """The playbook runs this executor runs at once."""
+        return self._config.max_parallel_runs
+
+    @property
+    def active_runs(self) -> int:
+        with self._active_lock:
+            return self._active_runs
 
     # --- dispatching
 
@@ -126,7 +141,7 @@ class Executor:
             self._wake.clear()
             try:
                 self._give_up_overdue_runs()
-                while not self._stop.is_set() and self._dispatch_once():
+                while not self._stop.is_set() and not self._draining.is_set() and self._dispatch_once():
                     pass
             except Exception:
                 log.exception("job dispatcher failed; retrying")
@@ -146,9 +161,15 @@ class Executor:
         return True
 
     def _claim_batch(self, idle_runs: int = 1) -> tuple[str, list[str]] | None:
-        """The next batch, sized to spread the ready jobs of its kind over idle_runs runs."""
+        """The next batch, sized to spread the ready jobs of its kind over the idle runs of every live worker (this
+        worker's idle_runs when it claims for no worker)."""
         run_id = str(uuid.uuid4())
-        claimed = self._store.claim(lambda ready, now: self._choose(ready, now, idle_runs), run_id)
+        lost_before = utcnow() - timedelta(seconds=self._config.lost_after_s)
+
+        def choose(ready: list[Job], now: datetime, free_slots: int | None) -> list[Job]:
+            return self._choose(ready, now, free_slots or idle_runs)
+
+        claimed = self._store.claim(choose, run_id, self._worker_id, lost_before)
         return (run_id, claimed) if claimed else None
 
     def _choose(self, ready: list[Job], now: datetime, idle_runs: int) -> list[Job]:
@@ -162,7 +183,7 @@ class Executor:
             self._schedule_wake(self._config.batch_window_s - (now - oldest).total_seconds())
             return []
         # Spread the ready jobs over the idle runs: each run's controller process is single-threaded, so one
-        # run of 50 VMs keeps one core busy where two runs of 25 use both.
+        # run of 50 VMs keeps one core busy where two runs of 25 use both, and two workers share a burst.
         return candidates[: min(self._config.max_batch, -(-len(candidates) // idle_runs))]
 
     def _schedule_wake(self, delay_s: float) -> None:
@@ -173,7 +194,7 @@ class Executor:
     def _give_up_overdue_runs(self) -> None:
         """Runs still RUNNING well past the job timeout (their worker is stuck): killed, their jobs failed."""
         deadline = utcnow() - timedelta(seconds=self._config.job_timeout_s + OVERDUE_GRACE_S)
-        for run in self._store.overdue_runs(deadline):
+        for run in self._store.overdue_runs(deadline, self._worker_id):
             log.error("run %s outlived its timeout; killing it and failing its jobs", run.run_id)
             with self._cancels_lock:
                 event = self._cancels.get(run.run_id)
@@ -288,9 +309,10 @@ class Executor:
         return Finished(job.id, host, result, state, interrupted, extra_attempt)
 
     def _prune_runs(self) -> None:
-        """Keep the newest `keep_runs` finished runs' artifacts; never a run that is still going."""
+        """Keep the newest `keep_runs` finished runs' artifacts; never a run that is still going (here, or on another
+        worker sharing the directory)."""
         with self._cancels_lock:
-            active = set(self._cancels)
+            active = set(self._cancels) | self._store.running_run_ids()
         runs = sorted(
             (p for p in self._config.runs_dir.iterdir() if p.is_dir() and p.name not in active),
             key=lambda p: p.stat().st_mtime,

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from engine.jobs.runner import ADDRESS, HostOutcome
+from engine.jobs.outcome import ADDRESS, HostOutcome
 from engine.models import Instance, Job, JobKind, Lifecycle, utcnow
 from engine.seeds import SeedTokens
 from engine.settings import Settings

@@ -1,14 +1,15 @@
-"""What a run leaves behind when the service dies under it: its playbook processes and its inputs.
+"""What a run leaves behind when its worker dies under it: its playbook processes and its inputs.
 
-ansible-runner starts ansible-playbook in a session (and process group) of its own, so a killed service leaves
-the playbook running. Its process group is recorded on the run's jobs (`Store.record_run_process`); before a
-restart runs those jobs again, the group is killed. A recorded group is killed only while its leader is still
-that run's ansible-playbook (its command line names the run's directory, which the run id names): after a
-reboot the number may belong to anything.
+ansible-runner starts ansible-playbook in a session of its own, and Ansible starts each fork in a session of its
+own too, so a killed worker leaves the playbook and its forks running. Before another worker runs those jobs again,
+a worker on the same machine kills every process whose command line names the run's directory (the run id is a
+UUID: nothing else names it). A run that ends canceled or timed out is cleaned the same way: ansible-runner stops
+ansible-playbook, not the forks that run its modules.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -31,30 +32,36 @@ class Run(Protocol):
 
 
 def kill_run(run: Run) -> bool:
-    """SIGKILL the run's process group if it is still that run's; True if it was killed."""
-    if run.pgid is None or run.pgid <= 1 or not _leads_run(run.pgid, run.run_id):
-        return False
-    try:
-        os.killpg(run.pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        return False
-    log.warning("killed the playbook processes of run %s (process group %d)", run.run_id, run.pgid)
-    return True
+    """SIGKILL every process of the run; True if there was one."""
+    return kill_run_processes(run.run_id)
 
 
-def scrub_run_inputs(runs_dir: Path) -> None:
-    """Remove every run's inputs (call when no run is active): a crashed run never removed its own."""
-    if not runs_dir.is_dir():
-        return
-    for run_dir in runs_dir.iterdir():
+def kill_run_processes(run_id: str) -> bool:
+    """SIGKILL ansible-playbook of run_id and every fork of it, each with its process group (a fork runs its module in
+    a session of its own); True if there was one. A process belongs to the run when its command line names the run's
+    directory: ansible-playbook's inventory path holds it, and Ansible's forks keep their parent's command line."""
+    marker = f"/{run_id}/".encode()
+    groups = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker in (entry / "cmdline").read_bytes():
+                groups.add(os.getpgid(int(entry.name)))
+        except (OSError, ProcessLookupError):
+            continue
+    for pgid in groups - {0, 1, os.getpgrp()}:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+    if groups:
+        log.warning("killed the playbook processes of run %s (%d process groups)", run_id, len(groups))
+    return bool(groups)
+
+
+def scrub_run_inputs(runs_dir: Path, run_ids: list[str]) -> None:
+    """Remove these runs' inputs: a run whose worker died never removed its own."""
+    for run_id in run_ids:
+        if not run_id or "/" in run_id or run_id.startswith("."):
+            continue
         for name in RUN_INPUTS:
-            shutil.rmtree(run_dir / name, ignore_errors=True)
-
-
-def _leads_run(pid: int, run_id: str) -> bool:
-    """Is pid an ansible-playbook of this run (its inventory and extra-vars paths hold the run's directory)?"""
-    try:
-        cmdline = (Path("/proc") / str(pid) / "cmdline").read_bytes()
-    except OSError:
-        return False
-    return run_id.encode() in cmdline
+            shutil.rmtree(runs_dir / run_id / name, ignore_errors=True)

@@ -24,6 +24,8 @@ import ansible_runner
 import ansible_runner.interface
 import yaml
 
+from engine.jobs.outcome import ADDRESS, EventRecord, HostOutcome, RunOutcome
+from engine.jobs.processes import kill_run_processes
 from engine.jobs.redact import Redactor
 
 log = logging.getLogger(__name__)
@@ -31,40 +33,8 @@ log = logging.getLogger(__name__)
 # The module whose result carries the guest's address (`address`, when it waited for one): proxmox_vm's call in
 # create.yml, proxmox_vm_power's in start.yml and reboot.yml. Read from its result, whatever the task is named.
 VM_MODULE = "provisioner.proxmox.vm"
-ADDRESS = "address"
 STDOUT_LIMIT = 4000
 FAILED_EVENTS = ("runner_on_failed", "runner_on_unreachable", "runner_item_on_failed")
-
-
-@dataclass
-class EventRecord:
-    host: str | None
-    counter: int
-    event: str
-    task: str | None
-    changed: bool
-    stdout: str
-    data: dict[str, Any]
-
-
-@dataclass
-class HostOutcome:
-    ok: bool = True
-    seen: bool = False
-    error: str | None = None
-    failed_task: str | None = None
-    failed_action: str | None = None  # the module or action of the failed task
-    unfinished: bool = False  # the run ended (killed, crashed) before this VM's play did
-    changed: bool = False
-    facts: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class RunOutcome:
-    status: str  # successful | failed | canceled | timeout | error
-    rc: int | None
-    hosts: dict[str, HostOutcome]
-    explanation: str | None = None
 
 
 EventSink = Callable[[list[EventRecord]], None]
@@ -125,6 +95,8 @@ class PlaybookRun:
             self._flush(force=True)
             self._scrub_command_file()
             self._cleanup()
+        if runner.status in ("canceled", "timeout"):
+            kill_run_processes(self.run_id)  # what ansible-playbook forked outlives its stop
         return self._outcome(runner.status, runner.rc)
 
     # --- inputs

@@ -230,6 +230,7 @@ def test_killing_the_service_during_a_create_burst_loses_and_doubles_nothing(
     survivors = service.playbooks()
     service.start()
     counts = check_consistency(service, sim, burst)
+    # The restarted service's worker found the killed one's runs and killed them before running their jobs again.
     assert not survivors & service.playbooks(), "a playbook of the killed service is still running"
     assert counts["lost"] == 0
     record(tmp_path_factory, f"create - {point}", counts | {"playbook processes the kill left": len(survivors)})

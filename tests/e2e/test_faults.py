@@ -4,15 +4,14 @@ the fault clears."""
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 
 from simulator import start_simulator
 from tests.conftest import LiveService, start_service, visa_body, wait_for
+from tests.helpers.faults import control
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ansible")]
 
@@ -31,12 +30,6 @@ def service(tmp_path_factory: pytest.TempPathFactory, sim: Any) -> Iterator[Live
     live = start_service(tmp_path_factory.mktemp("faulted"), sim, stale_after_s=3.0, delete_error_after_s=10)
     yield live
     live.stop()
-
-
-def control(sim: Any, method: str, body: dict[str, Any] | None = None, auth: bool = True) -> httpx.Response:
-    headers = {"Authorization": f"PVEAPIToken={sim.token_id}={sim.token_secret}"} if auth else {}
-    trust = ssl.create_default_context(cafile=sim.cafile)
-    return httpx.request(method, f"{sim.url}/simulator/faults", json=body, headers=headers, verify=trust)
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ from engine.intake import CreateRequest
 from engine.models import Flavour, Instance, Job, JobEvent, JobKind, JobState, Lifecycle
 from engine.naming import as_vmid
 from engine.proxmox import NodeInfo, Snapshot, VmInfo
-from engine.service import InstanceView
+from engine.service import InstanceView, WorkerView
 
 GiB = 1024**3
 CREATED = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
@@ -97,6 +97,20 @@ class FakeCluster:
         return self.current
 
 
+def worker_view(worker_id: str, **fields: Any) -> WorkerView:
+    values: dict[str, Any] = {
+        "id": worker_id,
+        "host": "worker-1",
+        "pid": 4242,
+        "slots": 2,
+        "started_at": CREATED,
+        "heartbeat_at": CREATED,
+        "draining": False,
+        "running_jobs": 0,
+    }
+    return WorkerView(**(values | fields))
+
+
 class FakeProvisioner:
     """What the VISA, operator and health routes call. It answers from its own dicts as the service answers from the
     store (NotFound for ids it does not hold), records every call in `calls`, and raises `failure` from every call
@@ -118,6 +132,7 @@ class FakeProvisioner:
         }
         self.instances: dict[int, InstanceView] = {}
         self.job_rows: dict[str, Job] = {}
+        self.worker_rows: list[WorkerView] = []
         self.events: dict[str, list[JobEvent]] = {}
         self.next_vmid = 100123
         self.cluster = FakeCluster()
@@ -211,6 +226,10 @@ class FakeProvisioner:
             if (state is None or j.state == state) and (instance_id is None or j.instance_id == instance_id)
         ]
         return wanted[:limit]
+
+    def workers(self) -> list[WorkerView]:
+        self._call("workers")
+        return list(self.worker_rows)
 
     def job(self, job_id: str) -> Job:
         self._call("job", job_id)

@@ -1,12 +1,23 @@
-"""A switchable fault in front of an HTTP service: a proxy that forwards, or answers 503, or stalls."""
+"""Faults: the simulator's own (`control`), and a switchable one in front of an HTTP service (a proxy that forwards,
+or answers 503, or stalls)."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpx
+
+
+def control(sim: Any, method: str, body: dict[str, Any] | None = None, auth: bool = True) -> httpx.Response:
+    """A request to the simulator's /simulator/faults (simulator/faults.py)."""
+    headers = {"Authorization": f"PVEAPIToken={sim.token_id}={sim.token_secret}"} if auth else {}
+    trust = ssl.create_default_context(cafile=sim.cafile)
+    return httpx.request(method, f"{sim.url}/simulator/faults", json=body, headers=headers, verify=trust)
+
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
 

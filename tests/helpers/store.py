@@ -1,4 +1,5 @@
-"""Rows in a migrated store, and an executor over it, for the store, executor, reconciler and recovery tests."""
+"""Rows in a migrated store, and an executor and a worker over it, for the store, executor, worker, reconciler and
+recovery tests."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
+from engine import models
 from engine.db import Database
 from engine.jobs.executor import Executor, ExecutorConfig
 from engine.jobs.kinds import Context
+from engine.jobs.worker import Worker, WorkerConfig
 from engine.models import Instance, Job, JobKind, JobState, Lifecycle, utcnow
 from engine.seeds import SeedTokens
 from engine.settings import Settings
@@ -17,7 +20,12 @@ from engine.store import Store
 
 
 def make_executor(
-    db: Database, tmp_path: Path, max_batch: int = 50, window: float = 0.0, parallel_runs: int = 1
+    db: Database,
+    tmp_path: Path,
+    max_batch: int = 50,
+    window: float = 0.0,
+    parallel_runs: int = 1,
+    worker_id: str | None = None,
 ) -> Executor:
     config = ExecutorConfig(
         ansible_dir=tmp_path,
@@ -30,7 +38,22 @@ def make_executor(
     )
     settings = Settings(insecure_no_auth=True, state_dir=tmp_path)  # type: ignore[call-arg]
     context = Context(settings, SeedTokens(b"k" * 32))
-    return Executor(Store(db), config, env={}, secrets=[], context=context, after_run=lambda: None)
+    return Executor(Store(db), config, env={}, secrets=[], context=context, after_run=lambda: None, worker_id=worker_id)
+
+
+def make_worker(db: Database, tmp_path: Path, host: str = "here", lost_after_s: float = 30) -> Worker:
+    """A worker (not started) on `host`, whose executor runs no playbook."""
+    config = WorkerConfig(tmp_path / "bell", tmp_path / "runs", heartbeat_s=0.2, lost_after_s=lost_after_s)
+    return Worker(
+        Store(db), lambda worker_id, _after: make_executor(db, tmp_path, worker_id=worker_id), config, host=host
+    )
+
+
+def add_worker(db: Database, worker_id: str, host: str, pid: int, silent_s: float = 0) -> None:
+    """A worker's row, as one that last beat silent_s ago wrote it."""
+    Store(db).register_worker(worker_id, host, pid)
+    with db.session() as session:
+        session.get_one(models.Worker, worker_id).heartbeat_at = utcnow() - timedelta(seconds=silent_s)
 
 
 def add_instance(db: Database, vmid: int) -> None:
@@ -58,11 +81,17 @@ def provisioned(db: Database, vmid: int, lifecycle: Lifecycle = Lifecycle.PROVIS
         session.get_one(Instance, vmid).lifecycle = lifecycle
 
 
-def add_job(db: Database, vmid: int, kind: JobKind, state: JobState = JobState.PENDING, age_s: float = 10) -> str:
+def add_job(
+    db: Database,
+    vmid: int,
+    kind: JobKind,
+    state: JobState = JobState.PENDING,
+    age_s: float = 10,
+    worker_id: str | None = None,
+) -> str:
     job_id = str(uuid.uuid4())
+    created = utcnow() - timedelta(seconds=age_s)
     with db.session() as session:
-        session.add(
-            Job(id=job_id, kind=kind, instance_id=vmid, state=state, created_at=utcnow() - timedelta(seconds=age_s))
-        )
+        session.add(Job(id=job_id, kind=kind, instance_id=vmid, state=state, created_at=created, worker_id=worker_id))
     time.sleep(0.002)  # distinct creation order
     return job_id

@@ -1,5 +1,5 @@
-"""After a crash: the old run's playbook processes are killed before its jobs run again, its inputs removed; a
-run stuck past its timeout is killed and failed; pruning never touches a run that is going."""
+"""After a worker's crash: its run's playbook processes are killed before its jobs run again, its inputs removed; a
+run stuck past its timeout is killed and failed; pruning never touches a run that is going, on any worker."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 from engine.db import Database
 from engine.jobs.runner import allowed_environment
 from engine.models import Job, JobKind, JobState, utcnow
-from tests.helpers.store import add_instance, add_job, make_executor
+from tests.helpers.store import add_instance, add_job, add_worker, make_executor, make_worker
 
 
 @pytest.fixture
@@ -35,12 +35,14 @@ def fake_playbook(run_id: str) -> subprocess.Popen[bytes]:
     )
 
 
-def running_job(db: Database, vmid: int, run_id: str, pgid: int | None, started_ago_s: float = 0) -> str:
+def running_job(
+    db: Database, vmid: int, run_id: str, pgid: int | None, started_ago_s: float = 0, worker_id: str | None = None
+) -> str:
     add_instance(db, vmid)
     job_id = add_job(db, vmid, JobKind.CREATE)
     with db.session() as session:
         job = session.get_one(Job, job_id)
-        job.state, job.run_id, job.run_pgid = JobState.RUNNING, run_id, pgid
+        job.state, job.run_id, job.run_pgid, job.worker_id = JobState.RUNNING, run_id, pgid, worker_id
         job.started_at = utcnow() - timedelta(seconds=started_ago_s)
     return job_id
 
@@ -53,15 +55,21 @@ def gone(process: subprocess.Popen[bytes]) -> bool:
     return True
 
 
-def test_recovery_kills_the_crashed_runs_playbook_then_requeues_and_removes_its_inventory(db: Database, tmp_path: Path):
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_recovery_kills_the_lost_workers_playbook_then_requeues_and_removes_its_inventory(db: Database, tmp_path: Path):
     playbook = fake_playbook("run-a")
-    job_id = running_job(db, 1, "run-a", playbook.pid)
+    add_worker(db, "crashed", "here", dead_pid())
+    job_id = running_job(db, 1, "run-a", playbook.pid, worker_id="crashed")
     inventory = tmp_path / "runs" / "run-a" / "inventory"
     inventory.mkdir(parents=True)
     (inventory / "hosts.json").write_text('{"vm_seed_url": "http://x/seed/token/"}')
-    executor = make_executor(db, tmp_path)
     try:
-        assert executor.recover() == 1
+        assert make_worker(db, tmp_path, host="here").recover_lost() == 1
         assert gone(playbook)
         assert not inventory.exists() and (tmp_path / "runs" / "run-a").is_dir()
         with db.session() as session:
@@ -75,7 +83,7 @@ def test_a_recorded_group_that_is_not_the_runs_is_left_alone(db: Database, tmp_p
     stranger = fake_playbook("another-run")  # the number was reused by something else
     running_job(db, 1, "run-a", stranger.pid)
     try:
-        assert make_executor(db, tmp_path).recover() == 1
+        assert make_worker(db, tmp_path).recover_lost() == 1
         assert stranger.poll() is None
     finally:
         stranger.kill()
@@ -100,12 +108,13 @@ def test_a_run_past_its_timeout_is_killed_and_its_jobs_fail(db: Database, tmp_pa
 def test_pruning_with_keep_runs_0_spares_the_runs_that_are_going(db: Database, tmp_path: Path):
     executor = make_executor(db, tmp_path)
     runs = tmp_path / "runs"
-    for name in ("finished", "going"):
+    for name in ("finished", "going", "going-elsewhere"):
         (runs / name).mkdir(parents=True)
+    running_job(db, 1, "going-elsewhere", None, worker_id="another-worker")
     executor._config = dataclasses.replace(executor._config, keep_runs=0)
     executor._cancels["going"] = threading.Event()
     executor._prune_runs()
-    assert sorted(p.name for p in runs.iterdir()) == ["going"]
+    assert sorted(p.name for p in runs.iterdir()) == ["going", "going-elsewhere"]
 
 
 def test_the_playbook_environment_keeps_only_what_it_needs(monkeypatch: pytest.MonkeyPatch):

@@ -1,14 +1,18 @@
-"""The job queue: batching, per-instance ordering, cancel, crash recovery (no Ansible process involved)."""
+"""The job queue: batching, per-instance ordering, cancel across processes (no Ansible process involved)."""
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from engine.db import Database
+from engine.jobs import bell
+from engine.jobs.queue import StoreQueue
 from engine.models import Instance, Job, JobKind, JobState, Lifecycle, utcnow
+from engine.store import Store
 from tests.helpers.store import add_instance, add_job, make_executor
 
 
@@ -69,29 +73,39 @@ def test_jobs_not_due_yet_are_skipped(db: Database, tmp_path: Path):
     assert make_executor(db, tmp_path)._claim_batch() is None
 
 
-def test_recovery_requeues_idempotent_jobs_and_fails_reboots(db: Database, tmp_path: Path):
-    for vmid in (1, 2):
-        add_instance(db, vmid)
-    create = add_job(db, 1, JobKind.CREATE, JobState.RUNNING)
-    reboot = add_job(db, 2, JobKind.REBOOT, JobState.RUNNING)
-    assert make_executor(db, tmp_path).recover() == 2
-    assert states(db) == {create: JobState.PENDING, reboot: JobState.FAILED}
-
-
 def test_cancel_of_a_pending_job_is_immediate(db: Database, tmp_path: Path):
     add_instance(db, 1)
     job_id = add_job(db, 1, JobKind.CREATE)
-    executor = make_executor(db, tmp_path)
-    job = executor.cancel(job_id)
+    queue = StoreQueue(Store(db), tmp_path / "bell")
+    job = queue.cancel(job_id)
     assert job is not None and job.state == JobState.CANCELED
     with db.session() as session:  # a create canceled before it ran: the instance failed, with the reason
         instance = session.get(Instance, 1)
         assert instance.lifecycle == Lifecycle.ERROR and instance.fault_details == "canceled before it ran"
-    assert executor.cancel("no-such-job") is None
+    assert queue.cancel("no-such-job") is None
 
 
-def test_cancel_of_a_running_job_is_recorded(db: Database, tmp_path: Path):
-    add_instance(db, 1)
-    job_id = add_job(db, 1, JobKind.CREATE, JobState.RUNNING)
-    job = make_executor(db, tmp_path).cancel(job_id)
-    assert job is not None and job.state == JobState.RUNNING and job.cancel_requested
+def test_cancel_of_a_running_job_reaches_the_worker_running_it(db: Database, tmp_path: Path):
+    """The API process marks the job and rings; the worker's executor stops the run whose every job asked."""
+    for vmid in (1, 2):
+        add_instance(db, vmid)
+        add_job(db, vmid, JobKind.CREATE)
+    Store(db).register_worker("w1", "here", 1)
+    executor = make_executor(db, tmp_path, worker_id="w1")
+    claimed = executor._claim_batch()
+    assert claimed is not None
+    run_id, job_ids = claimed
+    stop = executor._cancels[run_id] = threading.Event()
+    listener = bell.Listener(tmp_path / "bell", bell.JOBS)
+    try:
+        queue = StoreQueue(Store(db), tmp_path / "bell")
+        job = queue.cancel(job_ids[0])
+        assert job is not None and job.state == JobState.RUNNING and job.cancel_requested
+        executor.stop_canceled()
+        assert not stop.is_set()  # the other VM's job in the run did not ask
+        queue.cancel(job_ids[1])
+        assert listener.wait(5)  # the worker was told
+        executor.stop_canceled()
+        assert stop.is_set()
+    finally:
+        listener.close()

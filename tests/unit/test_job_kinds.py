@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from engine.jobs.kinds import KINDS, Context, apply_outcome, host_variables
-from engine.jobs.runner import HostOutcome
+from engine.jobs.outcome import HostOutcome
 from engine.models import Instance, Job, JobKind, Lifecycle
 from engine.seeds import SeedTokens
 from engine.settings import Settings

@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 
 from engine.models import JobKind, JobState
 from tests.conftest import OPERATOR_TOKEN, TOKEN
-from tests.helpers.fake_provisioner import FakeProvisioner, job, job_event
+from tests.helpers.fake_provisioner import FakeProvisioner, job, job_event, worker_view
 
 WHEN = "2026-01-02T03:04:05.678000Z"
 CREATE_JOB = {
@@ -23,6 +23,8 @@ CREATE_JOB = {
     "created_at": WHEN,
     "started_at": WHEN,
     "finished_at": WHEN,
+    "worker_id": None,
+    "run_id": None,
 }
 JOB_ID = CREATE_JOB["id"]
 SMALL = {"id": "small", "name": "Small", "cpus": 2, "ram_mb": 4096, "disk_gb": 20, "full_clone": None}
@@ -31,6 +33,7 @@ ROUTES = [
     ("GET", f"/v1/jobs/{JOB_ID}"),
     ("GET", f"/v1/jobs/{JOB_ID}/events"),
     ("POST", f"/v1/jobs/{JOB_ID}/cancel"),
+    ("GET", "/v1/workers"),
     ("GET", "/v1/flavours"),
     ("PUT", "/v1/flavours/small"),
     ("DELETE", "/v1/flavours/small"),
@@ -81,6 +84,25 @@ def test_jobs_are_listed_with_their_whole_record_and_the_filters_are_passed_on(
     running = operator_client.get("/v1/jobs", params={"state": "running", "instance_id": 100002, "limit": 5})
     assert [j["id"] for j in running.json()] == ["j-start"]
     assert jobs.calls == [("jobs", None, None, 100), ("jobs", JobState.RUNNING, 100002, 5)]
+
+
+def test_workers_are_listed_with_their_heartbeat_and_running_jobs(operator_client: TestClient, fake: FakeProvisioner):
+    fake.worker_rows = [worker_view("w-1", running_jobs=3)]
+    listed = operator_client.get("/v1/workers")
+    assert listed.status_code == 200
+    assert listed.json() == [
+        {
+            "id": "w-1",
+            "host": "worker-1",
+            "pid": 4242,
+            "slots": 2,
+            "started_at": WHEN,
+            "heartbeat_at": WHEN,
+            "draining": False,
+            "running_jobs": 3,
+        }
+    ]
+    assert fake.calls == [("workers",)]
 
 
 @pytest.mark.parametrize(

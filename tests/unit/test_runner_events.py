@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from engine.jobs.outcome import ADDRESS, EventRecord, HostOutcome
 from engine.jobs.redact import Redactor
-from engine.jobs.runner import ADDRESS, EventRecord, HostOutcome, PlaybookRun
+from engine.jobs.runner import PlaybookRun
 
 
 def run_for(tmp_path: Path, *hosts: str) -> tuple[PlaybookRun, list[EventRecord]]:

@@ -12,7 +12,7 @@ from sqlalchemy import event
 
 from engine.db import Database
 from engine.errors import Conflict, NotFound
-from engine.jobs.runner import HostOutcome
+from engine.jobs.outcome import HostOutcome
 from engine.models import Instance, Job, JobKind, JobState, Lifecycle
 from engine.store import Finished, Store
 from tests.helpers.store import add_job, provisioned
@@ -32,7 +32,7 @@ def jobs_of(db: Database, vmid: int) -> list[tuple[str, str]]:
         return [(job.kind, job.state) for job in rows]
 
 
-def take_all(ready: list[Job], _now: datetime) -> list[Job]:
+def take_all(ready: list[Job], _now: datetime, _free_slots: int | None = None) -> list[Job]:
     return ready
 
 
@@ -52,7 +52,7 @@ def test_a_job_canceled_while_a_claim_chooses_is_either_claimed_or_canceled_neve
         if threading.current_thread() is canceller and statement.startswith("BEGIN"):
             cancel_began.set()
 
-    def slow_choice(ready: list[Job], _now: datetime) -> list[Job]:
+    def slow_choice(ready: list[Job], _now: datetime, _free_slots: int | None) -> list[Job]:
         choosing.set()
         # The cancel's transaction asks for the write lock while this claim holds it.
         assert cancel_began.wait(10)
