@@ -338,9 +338,10 @@ def main() -> None:
     parser.add_argument("--only", choices=["post"], help="run one phase only: post, the POST burst")
     parser.add_argument("--repeat", type=int, default=3, help="with --only post: fresh services per tree")
     parser.add_argument("--against", metavar="REV", help="with --only post: also measure this git revision")
+    parser.add_argument("--busy", action="store_true", help="with --only post: send the burst during a playbook run")
     args = parser.parse_args()
     if args.only == "post":
-        post_benchmark(args.creates, args.repeat, args.against)
+        post_benchmark(args.creates, args.repeat, args.against, args.busy)
     else:
         full_benchmark(args)
 
@@ -404,8 +405,9 @@ def full_benchmark(args: argparse.Namespace) -> None:
 SERIAL_POSTS = 4  # the first one warms the service up and is not counted
 
 
-def post_burst(root: Path, creates: int) -> dict[str, Any]:
-    """On a fresh simulator and service from `root`: one POST alone, then `creates` concurrent POSTs."""
+def post_burst(root: Path, creates: int, busy: bool = False) -> dict[str, Any]:
+    """On a fresh simulator and service from `root`: one POST alone, then `creates` concurrent POSTs; with busy, sent
+    while a playbook run creates `creates` other VMs."""
     with tempfile.TemporaryDirectory(prefix="provisioner-bench-") as tmp:
         procs = Processes(Path(tmp), 0.0, 0, root)
         client = httpx.Client(base_url=procs.base, headers={"X-Auth-Token": TOKEN}, timeout=60)
@@ -415,6 +417,9 @@ def post_burst(root: Path, creates: int) -> dict[str, Any]:
                 raise SystemExit(f"a single create failed: {serial}")
             # Their playbook run would compete with the burst for the CPU.
             wait_active(client, [json.loads(body)["id"] for *_, body in serial], time.perf_counter())
+            if busy:
+                asyncio.run(burst(procs.port, list(range(5000, 5000 + creates))))
+                wait_running(procs.base)
             answers = asyncio.run(burst(procs.port, list(range(1000, 1000 + creates))))
             created = {n: json.loads(body)["id"] for n, _, status, body in answers if status == 201}
             crossed = sum(
@@ -435,6 +440,21 @@ def post_burst(root: Path, creates: int) -> dict[str, Any]:
     }
 
 
+def wait_running(base: str, timeout: float = 60) -> None:
+    """Until a playbook run is well under way (its jobs running for a second: ansible-playbook forks by then)."""
+    operator = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}, timeout=30)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if operator.get("/v1/jobs", params={"state": "running", "limit": 1}).json():
+                time.sleep(1.0)
+                return
+            time.sleep(0.05)
+    finally:
+        operator.close()
+    raise SystemExit("no playbook run started")
+
+
 def source_tree(rev: str, into: Path) -> Path:
     """The files of git revision `rev` of this repository, extracted into `into`."""
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
@@ -443,7 +463,7 @@ def source_tree(rev: str, into: Path) -> Path:
     return into
 
 
-def post_benchmark(creates: int, repeat: int, against: str | None) -> None:
+def post_benchmark(creates: int, repeat: int, against: str | None, busy: bool = False) -> None:
     with tempfile.TemporaryDirectory(prefix="provisioner-bench-rev-") as tmp:
         trees = {"this tree": ROOT}
         if against:
@@ -451,15 +471,17 @@ def post_benchmark(creates: int, repeat: int, against: str | None) -> None:
         runs: dict[str, list[dict[str, Any]]] = {label: [] for label in trees}
         for attempt in range(repeat):
             for label, root in trees.items():
-                runs[label].append(post_burst(root, creates))
+                runs[label].append(post_burst(root, creates, busy))
                 print(f"run {attempt + 1}/{repeat} {label}: {json.dumps(runs[label][-1])}", flush=True)
-    report_post(creates, runs)
+    report_post(creates, runs, busy)
 
 
-def report_post(creates: int, runs: dict[str, list[dict[str, Any]]]) -> None:
+def report_post(creates: int, runs: dict[str, list[dict[str, Any]]], busy: bool = False) -> None:
     """Per tree: the medians over its runs (each run is a fresh service), then this tree's ratio to the other."""
     medians: dict[str, dict[str, float]] = {}
-    print(f"\nPOST /api/instances, {creates} concurrent; medians of {len(next(iter(runs.values())))} fresh services")
+    during = f", sent while a playbook run makes {creates} other VMs" if busy else ""
+    services = len(next(iter(runs.values())))
+    print(f"\nPOST /api/instances, {creates} concurrent{during}; medians of {services} fresh services")
     for label, results in runs.items():
         median = {key: statistics.median(r[key] for r in results) for key in ("one_alone_ms", "p50_ms", "p99_ms")}
         medians[label] = median
@@ -481,7 +503,8 @@ def report_post(creates: int, runs: dict[str, list[dict[str, Any]]]) -> None:
         )
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    (out / "post.json").write_text(json.dumps({"creates": creates, "runs": runs}, indent=2), encoding="utf-8")
+    name = "post-busy.json" if busy else "post.json"
+    (out / name).write_text(json.dumps({"creates": creates, "busy": busy, "runs": runs}, indent=2), encoding="utf-8")
 
 
 def report(r: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from discovery.client import RegistryClient, RegistryRequestError
+from engine.duties import DutyLease
 from engine.free_capacity import Thresholds, largest_offer
 from engine.placement import Reservation
 from engine.proxmox import Snapshot
@@ -66,8 +67,10 @@ class Advertiser:
         interval_s: float,
         check_every_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        duty: DutyLease | None = None,
     ) -> None:
         self._client = client
+        self._duty = duty  # with several API processes, the one holding it advertises
         self._compose = compose
         self._interval = interval_s
         self._check_every = check_every_s
@@ -90,6 +93,8 @@ class Advertiser:
             self._thread.join(timeout=10)
         if self._posted not in (None, _UNKNOWN):
             self._send(None)
+        if self._duty is not None:
+            self._duty.release()
         self._client.close()
 
     def poke(self) -> None:
@@ -102,7 +107,10 @@ class Advertiser:
             self._wake.clear()
 
     def tick(self) -> None:
-        """One round: post a changed or due offer, withdraw a vanished one."""
+        """One round: post a changed or due offer, withdraw a vanished one (if this process holds the duty)."""
+        if self._duty is not None and not self._duty.held():
+            self._posted = _UNKNOWN  # another process advertises; post afresh if the duty comes back
+            return
         wanted = self._compose()
         due = self._clock() - self._posted_at >= self._interval
         if wanted == self._posted and not (wanted is not None and due):

@@ -1,4 +1,4 @@
-"""Persistent state: instances, jobs, job events, workers, flavours (SQLAlchemy 2 ORM)."""
+"""Persistent state: instances, jobs, job events, workers, duties, flavours (SQLAlchemy 2 ORM)."""
 
 from __future__ import annotations
 
@@ -142,6 +142,16 @@ class Worker(Base):
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
     draining: Mapped[bool] = mapped_column(Boolean, default=False)  # finishing its runs; claims nothing new
+
+
+class Duty(Base):
+    """A duty one process holds for all (the reconciler, the advertiser): a lease it renews while it lives."""
+
+    __tablename__ = "duties"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column()
 
 
 class Flavour(Base):

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 
+from engine.duties import DutyLease
 from engine.jobs.kinds import owner_tag
 from engine.models import Instance, Job, JobKind, JobState, Lifecycle, utcnow
 from engine.naming import vm_name
@@ -39,9 +40,16 @@ FAILURES = (JobState.FAILED, JobState.ERROR)
 
 class Reconciler:
     def __init__(
-        self, store: Store, seeds: SeedTokens, cluster: ClusterView, settings: Settings, interval_s: float = 10.0
+        self,
+        store: Store,
+        seeds: SeedTokens,
+        cluster: ClusterView,
+        settings: Settings,
+        interval_s: float = 10.0,
+        duty: DutyLease | None = None,
     ) -> None:
         self._store = store
+        self._duty = duty  # with several API processes, the one holding it reconciles
         self._seeds = seeds
         self._cluster = cluster
         self._settings = settings
@@ -58,13 +66,22 @@ class Reconciler:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=5)
+        if self._duty is not None:
+            self._duty.release()
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
             try:
-                self.reconcile()
+                self.tick()
             except Exception:
                 log.exception("reconciliation pass failed")
+
+    def tick(self) -> bool:
+        """One pass, if this process holds the reconciler's duty; True if it reconciled."""
+        if self._duty is not None and not self._duty.held():
+            return False
+        self.reconcile()
+        return True
 
     def reconcile(self) -> None:
         snapshot = self._cluster.snapshot()

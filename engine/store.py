@@ -27,7 +27,7 @@ from engine.db import Database
 from engine.errors import Conflict, NotFound
 from engine.jobs.kinds import KINDS, apply_outcome
 from engine.jobs.outcome import HostOutcome
-from engine.models import Instance, Job, JobEvent, JobKind, JobState, Lifecycle, Worker, utcnow
+from engine.models import Duty, Instance, Job, JobEvent, JobKind, JobState, Lifecycle, Worker, utcnow
 
 OPEN = (JobState.PENDING, JobState.RUNNING)
 POWER_JOBS = (JobKind.START, JobKind.SHUTDOWN, JobKind.STOP, JobKind.REBOOT)
@@ -325,6 +325,27 @@ class Store:
     def add_events(self, rows: list[JobEvent]) -> None:
         with self.db.session() as session:
             session.add_all(rows)
+
+    # ------------------------------------------------------------ duties
+
+    def hold_duty(self, name: str, holder: str, lease_s: float) -> bool:
+        """Take or renew the duty's lease for lease_s seconds; False while another holder's lease runs. A holder
+        that dies stops renewing, and the next to ask after its lease ran out takes the duty over."""
+        now = utcnow()
+        with self.db.write() as session:
+            duty = session.get(Duty, name)
+            if duty is None:
+                session.add(Duty(name=name, holder=holder, expires_at=now + timedelta(seconds=lease_s)))
+                return True
+            if duty.holder != holder and aware(duty.expires_at) > now:
+                return False
+            duty.holder, duty.expires_at = holder, now + timedelta(seconds=lease_s)
+            return True
+
+    def release_duty(self, name: str, holder: str) -> None:
+        """Give the duty up (a clean stop): the next process to ask takes it at once."""
+        with self.db.write() as session:
+            session.execute(delete(Duty).where(Duty.name == name, Duty.holder == holder))
 
     # ------------------------------------------------------------ the reconciler's transitions
 

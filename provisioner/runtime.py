@@ -23,6 +23,7 @@ from discovery.signing import load_or_create_key, provider_id
 from engine.advertiser import Advertisement, Advertiser, advertisement
 from engine.capacity import building_reservations
 from engine.db import Database
+from engine.duties import DutyLease, holder_id
 from engine.flavours import seed_flavours
 from engine.jobs import bell
 from engine.jobs.queue import StoreQueue
@@ -38,6 +39,8 @@ from provisioner.workers import WorkerProcesses
 from web_provider import http as visa_http
 
 log = logging.getLogger(__name__)
+
+DUTY_LEASE_S = 30.0  # a dead API process's duties (reconciler, advertiser) move to another within this
 
 
 class Runtime:
@@ -64,6 +67,7 @@ class Runtime:
         self.workers: WorkerProcesses | None = None
         self._runs_ended: RunsEnded | None = None
         self.reconciler: Reconciler | None = None
+        self.holder = holder_id()  # this process, as the holder of the duties done once for all API processes
 
     def start(self) -> None:
         make_private_dir(self.settings.state_dir)
@@ -101,7 +105,13 @@ class Runtime:
             log.warning("Proxmox is not reachable at start-up; serving with a stale cluster view")
         self._runs_ended = RunsEnded(settings, self.cluster.poke)
         self.workers.start()
-        self.reconciler = Reconciler(self.store, self.seeds, self.cluster, settings)
+        self.reconciler = Reconciler(
+            self.store,
+            self.seeds,
+            self.cluster,
+            settings,
+            duty=DutyLease(self.store, "reconciler", self.holder, DUTY_LEASE_S),
+        )
         self.reconciler.start()
         if self.advertiser is not None:
             self.advertiser.start()
@@ -139,6 +149,7 @@ class Runtime:
             RegistryClient(url, key),
             lambda: self._advertisement(settings, cluster.snapshot()),
             settings.advertise_interval_s,
+            duty=DutyLease(self.store, "advertiser", self.holder, DUTY_LEASE_S),
         )
         env = discovery_env(settings, url, own_id)
         write_env_file(settings.state_dir / "discovery.env", env)
