@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run discovery test test-unit test-fast lint molecule bench clean install guest-deps guest-images bench-guests
+.PHONY: run discovery test test-unit test-fast lint molecule bench bench-workers clean install guest-deps guest-images bench-guests
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,12 @@ bench-guests: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py
+
+# 200 creates to all ACTIVE with 1, 2 and 4 worker processes; a burst during a playbook run against the tree
+# before worker processes.
+bench-workers: $(STAMP)
+	$(BIN)/python bench/bench.py --only scale --creates 200 --workers 1,2,4
+	$(BIN)/python bench/bench.py --only post --busy --against 62940c4 --repeat 3
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache

@@ -77,7 +77,14 @@ def percentile(values: list[float], pct: float) -> float:
 class Processes:
     """The simulator and the service, each a process of its own, run from the source tree `root`."""
 
-    def __init__(self, workdir: Path, time_scale: float, running_vms: int, root: Path = ROOT) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        time_scale: float,
+        running_vms: int,
+        root: Path = ROOT,
+        service_env: dict[str, str] | None = None,
+    ) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
         self.sim_port = free_port()
         sim_dir = workdir / "simulator"
@@ -136,7 +143,7 @@ class Processes:
             PROVISIONER_LOG_LEVEL="WARNING",
             # The pre-seeded VMs stand for ones the reference provider made: adopted by name, as on a migrated site.
             PROVISIONER_ADOPT_REFERENCE_VMS="true",
-        )
+        ) | (service_env or {})
         self.service = subprocess.Popen(
             [sys.executable, "-m", "provisioner.cli", "run"],  # the `provisioner` command, from `root`
             cwd=root,
@@ -289,6 +296,47 @@ def wait_active(client: httpx.Client, ids: list[str], started: float, timeout: f
     return time.perf_counter() - started
 
 
+def wait_all_active(client: httpx.Client, ids: list[str], started: float, timeout: float = 1800) -> float:
+    """Seconds from started until every one of ids is ACTIVE, from the list (one request per look)."""
+    wanted = set(ids)
+    while True:
+        states = {i["id"]: i["state"] for i in client.get("/api/instances").json() if i["id"] in wanted}
+        if any(state == "ERROR" for state in states.values()):
+            raise SystemExit("an instance went to ERROR")
+        if len(states) == len(wanted) and set(states.values()) == {"ACTIVE"}:
+            return time.perf_counter() - started
+        if time.perf_counter() - started > timeout:
+            raise SystemExit(f"not every instance ACTIVE after {timeout} s")
+        time.sleep(0.5)
+
+
+def scale_benchmark(creates: int, worker_counts: list[int]) -> None:
+    """`creates` concurrent creates to all ACTIVE, with each number of worker processes, on fresh services."""
+    results = {}
+    for workers in worker_counts:
+        with tempfile.TemporaryDirectory(prefix="provisioner-bench-scale-") as tmp:
+            procs = Processes(Path(tmp), 0.0, 0, service_env={"PROVISIONER_WORKERS": str(workers)})
+            client = httpx.Client(base_url=procs.base, headers={"X-Auth-Token": TOKEN}, timeout=120)
+            try:
+                started = time.perf_counter()
+                answers = asyncio.run(burst(procs.port, list(range(1000, 1000 + creates))))
+                ids = [json.loads(body)["id"] for _, _, status, body in answers if status == 201]
+                if len(ids) != creates:
+                    raise SystemExit(f"{creates - len(ids)} creates refused")
+                results[workers] = wait_all_active(client, ids, started)
+            finally:
+                client.close()
+                procs.stop()
+        print(f"{workers} worker process(es): {creates} creates all ACTIVE in {results[workers]:.1f} s", flush=True)
+    base = results[worker_counts[0]]
+    print(f"\n{creates} concurrent creates to all ACTIVE, time-scale 0 (ratio to {worker_counts[0]} worker)")
+    for workers, seconds in results.items():
+        print(f"  {workers} worker(s): {seconds:6.1f} s, ratio {seconds / base:.2f}")
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "scale.json").write_text(json.dumps({"creates": creates, "seconds": results}, indent=2), encoding="utf-8")
+
+
 def wait_listed(client: httpx.Client, count: int, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while len(client.get("/api/instances").json()) < count:
@@ -335,13 +383,20 @@ def main() -> None:
     parser.add_argument("--creates", type=int, default=50)
     parser.add_argument("--list", type=int, default=200)
     parser.add_argument("--time-scale", type=float, default=0.0)
-    parser.add_argument("--only", choices=["post"], help="run one phase only: post, the POST burst")
+    parser.add_argument(
+        "--only",
+        choices=["post", "scale"],
+        help="one phase only: post (the POST burst), scale (--creates to all ACTIVE with each --workers count)",
+    )
+    parser.add_argument("--workers", default="1,2,4", help="with --only scale: worker process counts to compare")
     parser.add_argument("--repeat", type=int, default=3, help="with --only post: fresh services per tree")
     parser.add_argument("--against", metavar="REV", help="with --only post: also measure this git revision")
     parser.add_argument("--busy", action="store_true", help="with --only post: send the burst during a playbook run")
     args = parser.parse_args()
     if args.only == "post":
         post_benchmark(args.creates, args.repeat, args.against, args.busy)
+    elif args.only == "scale":
+        scale_benchmark(args.creates, [int(n) for n in args.workers.split(",")])
     else:
         full_benchmark(args)
 
@@ -419,7 +474,7 @@ def post_burst(root: Path, creates: int, busy: bool = False) -> dict[str, Any]:
             wait_active(client, [json.loads(body)["id"] for *_, body in serial], time.perf_counter())
             if busy:
                 asyncio.run(burst(procs.port, list(range(5000, 5000 + creates))))
-                wait_running(procs.base)
+                wait_cloned(procs, SERIAL_POSTS + creates // 5)
             answers = asyncio.run(burst(procs.port, list(range(1000, 1000 + creates))))
             created = {n: json.loads(body)["id"] for n, _, status, body in answers if status == 201}
             crossed = sum(
@@ -440,19 +495,16 @@ def post_burst(root: Path, creates: int, busy: bool = False) -> dict[str, Any]:
     }
 
 
-def wait_running(base: str, timeout: float = 60) -> None:
-    """Until a playbook run is well under way (its jobs running for a second: ansible-playbook forks by then)."""
-    operator = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}, timeout=30)
+def wait_cloned(procs: Processes, count: int, timeout: float = 120) -> None:
+    """Until the simulator holds `count` VMs (besides templates): the run's forks are at work, on any tree alike."""
+    pve = procs.pve()
     deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if operator.get("/v1/jobs", params={"state": "running", "limit": 1}).json():
-                time.sleep(1.0)
-                return
-            time.sleep(0.05)
-    finally:
-        operator.close()
-    raise SystemExit("no playbook run started")
+    while time.monotonic() < deadline:
+        vms = [r for r in pve.cluster.resources.get(type="vm") if not r.get("template")]
+        if len(vms) >= count:
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"fewer than {count} VMs after {timeout} s")
 
 
 def source_tree(rev: str, into: Path) -> Path:

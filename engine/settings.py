@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     ready_timeout_s: int = Field(900, ge=10, validation_alias=env("PROVISIONER_READY_TIMEOUT"))
     refresh_interval_s: float = Field(2.0, gt=0, validation_alias=env("PROVISIONER_REFRESH_INTERVAL"))
     stale_after_s: float = Field(30.0, gt=0, validation_alias=env("PROVISIONER_STALE_AFTER"))
-    job_nice: int = Field(10, ge=0, le=19, validation_alias=env("PROVISIONER_JOB_NICE"))
+    job_nice: int = Field(19, ge=0, le=19, validation_alias=env("PROVISIONER_JOB_NICE"))
     keep_runs: int = Field(200, ge=0, validation_alias=env("PROVISIONER_KEEP_RUNS"))
     # An instance whose deletes keep failing (its VM still exists) shows ERROR this long after the delete; the
     # reconciler goes on deleting it.

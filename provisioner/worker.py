@@ -82,6 +82,10 @@ def serve(spec: WorkerSpec, parent_pid: int | None = None) -> None:
     signal.signal(signal.SIGINT, on_signal)
     if parent_pid is not None:
         _die_with_parent(parent_pid)
+    if spec.settings.job_nice > 0:
+        # Its threads (a run's events, the store writes) yield to the API process, which shares its session's
+        # scheduling group when `provisioner run` started it; the playbook processes get their own groups lowered.
+        os.nice(spec.settings.job_nice)
     db = Database(spec.settings.db_url)
     try:
         worker = build_worker(spec, db)

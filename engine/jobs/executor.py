@@ -251,6 +251,7 @@ class Executor:
             timeout_s=self._config.job_timeout_s,
             sink=lambda records: self._store_events(host_jobs, records),
             on_process=lambda pgid: self._store.record_run_process(run_id, pgid),
+            nice=self._config.nice,
         )
         BATCH_SIZE.observe(len(hostvars))
         with RUN_SECONDS.labels(KINDS[kind].playbook).time():

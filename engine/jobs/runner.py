@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 # create.yml, proxmox_vm_power's in start.yml and reboot.yml. Read from its result, whatever the task is named.
 VM_MODULE = "provisioner.proxmox.vm"
 STDOUT_LIMIT = 4000
+PLAYBOOK_SITE = Path(__file__).with_name("playbook_site")  # sitecustomize for the run's Python processes
 FAILED_EVENTS = ("runner_on_failed", "runner_on_unreachable", "runner_item_on_failed")
 
 
@@ -52,6 +53,7 @@ class PlaybookRun:
     timeout_s: int
     sink: EventSink
     on_process: Callable[[int], None] = lambda _pgid: None  # told the run's process group once it is known
+    nice: int = 0  # the CPU niceness of the run's processes and of their sessions' autogroups (playbook_site/)
     group: str = "batch"
     flush_every_s: float = 0.5
     _hosts: dict[str, HostOutcome] = field(default_factory=dict, init=False)
@@ -123,6 +125,9 @@ class PlaybookRun:
             "ANSIBLE_DEPRECATION_WARNINGS": "False",
         }
         env.update(self.env)
+        if self.nice > 0:
+            env["PYTHONPATH"] = str(PLAYBOOK_SITE)
+            env["PROVISIONER_PLAYBOOK_NICE"] = str(self.nice)
         return env
 
     # --- secrets in runner's own files
