@@ -182,11 +182,14 @@ def healthz() -> dict[str, str]:
 
 @health.get("/readyz")
 def readyz(service: ProvisionerDep, response: Response) -> dict[str, str]:
-    """Readiness: the database answers and the cluster view is fresh."""
+    """Readiness: the database answers, the cluster view is fresh and a worker takes jobs."""
     service.check_database()
     if service.cluster.snapshot() is None:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         return {"status": "degraded", "proxmox": "unreachable or stale"}
+    if not service.workers_alive():
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+        return {"status": "degraded", "workers": "none alive: jobs wait"}
     return {"status": "ready"}
 
 

@@ -154,11 +154,12 @@ class Processes:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                if httpx.get(self.base + "/healthz", timeout=1).status_code == 200:
-                    return
+                if httpx.get(self.base + "/readyz", timeout=1).status_code == 200:
+                    return  # ready: the cluster view is fresh and a worker takes jobs
             except httpx.HTTPError:
-                time.sleep(0.2)
-        raise SystemExit("the service did not start")
+                pass
+            time.sleep(0.2)
+        raise SystemExit("the service did not get ready")
 
     def pve(self) -> ProxmoxAPI:
         return ProxmoxAPI(

@@ -259,6 +259,13 @@ class Provisioner:
                 for w in rows
             ]
 
+    def workers_alive(self) -> int:
+        """Workers that beat within the lost-after window and take new jobs."""
+        cutoff = utcnow() - timedelta(seconds=self.settings.worker_lost_after_s)
+        with self.store.read() as session:
+            query = select(func.count()).where(Worker.draining.is_(False), Worker.heartbeat_at >= cutoff)
+            return int(session.scalar(query.select_from(Worker)) or 0)
+
     def job(self, job_id: str) -> Job:
         job_id = _known_form(JOB_ID, job_id, "job")
         with self.store.read() as session:

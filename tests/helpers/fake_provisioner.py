@@ -133,6 +133,7 @@ class FakeProvisioner:
         self.instances: dict[int, InstanceView] = {}
         self.job_rows: dict[str, Job] = {}
         self.worker_rows: list[WorkerView] = []
+        self.alive_workers = 1
         self.events: dict[str, list[JobEvent]] = {}
         self.next_vmid = 100123
         self.cluster = FakeCluster()
@@ -226,6 +227,9 @@ class FakeProvisioner:
             if (state is None or j.state == state) and (instance_id is None or j.instance_id == instance_id)
         ]
         return wanted[:limit]
+
+    def workers_alive(self) -> int:
+        return self.alive_workers
 
     def workers(self) -> list[WorkerView]:
         self._call("workers")

@@ -197,3 +197,9 @@ def test_health_needs_no_token_and_readiness_follows_the_cluster_view(
     degraded = anonymous_client.get("/readyz")
     assert (degraded.status_code, degraded.json()) == (503, {"status": "degraded", "proxmox": "unreachable or stale"})
     assert fake.calls == [("check_database",), ("check_database",)]
+
+
+def test_readiness_needs_a_worker_alive(anonymous_client: TestClient, fake: FakeProvisioner):
+    fake.alive_workers = 0
+    degraded = anonymous_client.get("/readyz")
+    assert (degraded.status_code, degraded.json()) == (503, {"status": "degraded", "workers": "none alive: jobs wait"})
