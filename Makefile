@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run discovery test test-unit test-fast lint molecule bench bench-workers clean install guest-deps guest-images bench-guests
+.PHONY: run discovery test test-unit test-fast lint molecule bench bench-workers bench-harness clean install guest-deps guest-images bench-guests
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ bench-guests: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py
+
+# 50 concurrent creates on the reference provider's measurement harness (../shared/examples/fakepve_harness.py).
+bench-harness: $(STAMP)
+	$(BIN)/python bench/harness.py --repeat 3
 
 # 200 creates to all ACTIVE with 1, 2 and 4 worker processes; a burst during a playbook run against the tree
 # before worker processes.

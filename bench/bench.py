@@ -221,18 +221,18 @@ class RssSampler(threading.Thread):
             self.peak_tree = max(self.peak_tree, sum(self.rss_kib(p) for p in self.tree()))
 
 
-def create_body(n: int) -> dict[str, Any]:
+def create_body(n: int, groups: tuple[str, ...] = ("default",)) -> dict[str, Any]:
     return {
         "name": f"VISA-INSTANCE-{n}",
         "imageId": "9000",
         "flavourId": "small",
-        "securityGroups": ["default"],
+        "securityGroups": list(groups),
         "metadata": {"id": str(n), "owner": f"user{n}", "instruments": "", "proposals": ""},
     }
 
 
-def post_request(port: int, n: int) -> bytes:
-    body = json.dumps(create_body(n)).encode()
+def post_request(port: int, n: int, groups: tuple[str, ...] = ("default",)) -> bytes:
+    body = json.dumps(create_body(n, groups)).encode()
     head = (
         f"POST /api/instances HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Auth-Token: {TOKEN}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -249,10 +249,12 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, r
     return int(head.split(b" ", 2)[1]), body.decode()
 
 
-async def burst(port: int, numbers: list[int]) -> list[tuple[int, float, int, str]]:
+async def burst(
+    port: int, numbers: list[int], groups: tuple[str, ...] = ("default",)
+) -> list[tuple[int, float, int, str]]:
     """POST every create at once, one pre-opened connection each: (n, seconds, status, body) per create."""
     connections = [await asyncio.open_connection("127.0.0.1", port) for _ in numbers]
-    requests = [post_request(port, n) for n in numbers]
+    requests = [post_request(port, n, groups) for n in numbers]
 
     async def one(n: int, connection: tuple[asyncio.StreamReader, asyncio.StreamWriter], request: bytes):
         start = time.perf_counter()
