@@ -51,6 +51,7 @@ class ServiceProcess:
             "PROVISIONER_SSH_PUBLIC_KEYS": SITE_KEY,
             "PROVISIONER_DISCOVERY": "false",
             "PROVISIONER_REFRESH_INTERVAL": "0.3",
+            "PROVISIONER_JOB_NICE": "10",  # as in tests/conftest.py's start_service
             "PROVISIONER_LOG_LEVEL": "WARNING",
         }
         self.process: subprocess.Popen[bytes] | None = None
