@@ -66,3 +66,9 @@ def add_job(db: Database, vmid: int, kind: JobKind, state: JobState = JobState.P
         )
     time.sleep(0.002)  # distinct creation order
     return job_id
+
+
+def asks_for_write_lock(statement: str) -> bool:
+    """The statement a write transaction starts with (common.db.make_engine): SQLite's BEGIN (IMMEDIATE), PostgreSQL's
+    advisory lock."""
+    return statement.startswith("BEGIN") or "pg_advisory_xact_lock" in statement

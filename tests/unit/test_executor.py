@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,10 +14,11 @@ from tests.helpers.store import add_instance, add_job, make_executor
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Database:
-    database = Database(f"sqlite:///{tmp_path / 'jobs.db'}")
+def db(database_url: str) -> Iterator[Database]:
+    database = Database(database_url)
     database.migrate()
-    return database
+    yield database
+    database.dispose()
 
 
 def states(db: Database) -> dict[str, str]:
