@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run discovery test test-unit test-fast lint molecule bench bench-workers bench-harness clean install guest-deps guest-images bench-guests
+.PHONY: run run-postgres discovery test test-unit test-fast lint molecule bench bench-workers bench-harness clean install \
+	guest-deps postgres-deps guest-images bench-guests
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +19,11 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/provisioner run --dev-token
 
+# The same on PostgreSQL (the server binaries from `make postgres-deps`): a cluster of its own in .run/postgres (as
+# root: .run-postgres, which its unprivileged user can enter), started unless it runs, stopped when the service stops.
+run-postgres: $(STAMP)
+	$(BIN)/provisioner run --dev-token --local-postgres
+
 # The discovery registry alone, configured by the DISCOVERY_* variables (`make run` embeds one).
 discovery: $(STAMP)
 	$(BIN)/provisioner discovery
@@ -29,6 +35,12 @@ GUEST_PACKAGES := mmdebstrap systemd-container dnsmasq-base iproute2 e2fsprogs o
 guest-deps:
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(GUEST_PACKAGES)
+
+# PostgreSQL's server binaries, for `make run-postgres` and the tests run on PostgreSQL (skipped without them, unless
+# PROVISIONER_POSTGRES_REQUIRED=1). Debian's package also sets up its own cluster; ours never touch it.
+postgres-deps:
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql
 
 # Build the guest images the cache lacks (Debian 12 and 13, container and vm; each once, about a minute).
 guest-images: $(STAMP)
@@ -73,4 +85,4 @@ bench-workers: $(STAMP)
 	$(BIN)/python bench/bench.py --only post --busy --against 62940c4 --repeat 3
 
 clean:
-	rm -rf $(VENV) .run .pytest_cache
+	rm -rf $(VENV) .run .run-postgres .pytest_cache

@@ -24,12 +24,13 @@ from discovery.settings import RegistrySettings
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+WRITE_LOCK_KEY = 0x646973636F  # "disco": the registry's own PostgreSQL advisory lock (common.db.make_engine)
 MAX_BODY_BYTES = 65_536
 UNLIMITED_PATHS = frozenset({"/health"})
 
 
 def create_app(settings: RegistrySettings, clock: Callable[[], float] = time.time) -> FastAPI:
-    registry = Registry(settings, Database(settings.db_url, MIGRATIONS, immediate=True), clock)
+    registry = Registry(settings, Database(settings.db_url, MIGRATIONS, immediate=True, lock_key=WRITE_LOCK_KEY), clock)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

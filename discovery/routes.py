@@ -21,7 +21,8 @@ CHANGED_HEADER = "X-Registry-Changed"
 RegistryDep = Annotated[Registry, Depends(registry)]
 # Committed before the response goes out, so a client that reads right after its write sees it.
 SessionDep = Annotated[Session, Depends(session, scope="function")]
-Minimum = Annotated[int | None, Query(ge=1)]
+# At most the largest value the columns hold (32-bit INTEGER): PostgreSQL refuses to compare them with a larger one.
+Minimum = Annotated[int | None, Query(ge=1, le=2**31 - 1)]
 
 api = APIRouter(prefix="/api/v1")
 health = APIRouter()

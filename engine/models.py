@@ -7,11 +7,33 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class StoredText(TypeDecorator[str]):
+    """Text from Ansible, Proxmox or a guest, as every database can store it: NUL characters dropped, and cut to the
+    column's length if it has one. PostgreSQL refuses both (a NUL in text, a value longer than its VARCHAR) where
+    SQLite keeps them, and a refused row would fail the whole transition (a job's finish, a run's events)."""
+
+    impl: TypeEngine[Any] | type[TypeEngine[Any]] = Text
+    cache_ok = True
+
+    def __init__(self, length: int | None = None) -> None:
+        super().__init__()
+        self.impl = String(length) if length else Text()
+        self.length = length
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        value = value.replace("\x00", "")
+        return value[: self.length] if self.length else value
 
 
 class Base(DeclarativeBase):
@@ -69,7 +91,7 @@ class Instance(Base):
     memory_mb: Mapped[int] = mapped_column(Integer)
     disk_gb: Mapped[int] = mapped_column(Integer)
     lifecycle: Mapped[str] = mapped_column(String(16), default=Lifecycle.BUILDING, index=True)
-    address: Mapped[str | None] = mapped_column(String(64), default=None)
+    address: Mapped[str | None] = mapped_column(StoredText(64), default=None)
     boot_command: Mapped[str | None] = mapped_column(Text, default=None)
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
     security_groups: Mapped[list[str]] = mapped_column(default=list)
@@ -79,11 +101,11 @@ class Instance(Base):
     seed_token_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     seed_nonce: Mapped[str | None] = mapped_column(String(32), default=None)
     seed_token: Mapped[str | None] = mapped_column(String(64), unique=True, default=None)
-    fault_message: Mapped[str | None] = mapped_column(Text, default=None)
-    fault_details: Mapped[str | None] = mapped_column(Text, default=None)
+    fault_message: Mapped[str | None] = mapped_column(StoredText(), default=None)
+    fault_details: Mapped[str | None] = mapped_column(StoredText(), default=None)
     fault_at: Mapped[datetime | None] = mapped_column(default=None)
     phoned_home_at: Mapped[datetime | None] = mapped_column(default=None)
-    host_key: Mapped[str | None] = mapped_column(Text, default=None)
+    host_key: Mapped[str | None] = mapped_column(StoredText(), default=None)
     adopted: Mapped[bool] = mapped_column(Boolean, default=False)
     # Up, but the discovery registry did not take it yet: the reconciler registers it (a register job).
     registration_pending: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -110,7 +132,7 @@ class Job(Base):
     not_before: Mapped[datetime | None] = mapped_column(default=None)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     result: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    error: Mapped[str | None] = mapped_column(Text, default=None)
+    error: Mapped[str | None] = mapped_column(StoredText(), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -122,10 +144,10 @@ class JobEvent(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
     counter: Mapped[int] = mapped_column(Integer)
-    event: Mapped[str] = mapped_column(String(64))
-    task: Mapped[str | None] = mapped_column(String(255), default=None)
+    event: Mapped[str] = mapped_column(StoredText(64))
+    task: Mapped[str | None] = mapped_column(StoredText(255), default=None)
     changed: Mapped[bool] = mapped_column(Boolean, default=False)
-    stdout: Mapped[str] = mapped_column(Text, default="")
+    stdout: Mapped[str] = mapped_column(StoredText(), default="")
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

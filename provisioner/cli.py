@@ -7,26 +7,32 @@ import json
 import logging
 import os
 import secrets
+import signal
 import sys
 from pathlib import Path
 from typing import NoReturn
 
 import uvicorn
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
-from common.files import write_private
+from common.files import make_private_dir, write_private
 from discovery.settings import RegistrySettings
 from engine.db import Database
 from engine.flavours import FlavourFileError, FlavourSpec, list_flavours, read_flavour_file, upsert_flavour
 from engine.models import Flavour
 from engine.settings import REFERENCE, Settings
 from engine.sshkeys import InvalidSSHKey
+from provisioner.postgres import LocalPostgres, PostgresUnavailable, local_postgres_dir
 
 # The credentials `--dev-token` makes when the environment has none: setting, variable, file in the state directory.
 DEV_TOKENS = (
     ("auth_token", REFERENCE + "SERVER_AUTH_TOKEN", "auth-token"),
     ("operator_token", "PROVISIONER_OPERATOR_TOKEN", "operator-token"),
 )
+
+# What `run --local-postgres` sets: the service's database, the embedded registry's.
+DATABASE_VARIABLES = ("PROVISIONER_DATABASE_URL", "DISCOVERY_DB_URL")
 
 
 def _dev_token(path: Path) -> str:
@@ -39,12 +45,47 @@ def _dev_token(path: Path) -> str:
     return token
 
 
+def _state_dir() -> Path:
+    return Path(os.environ.get("PROVISIONER_STATE_DIR") or Settings.model_fields["state_dir"].default)
+
+
 def _dev_tokens() -> dict[str, str]:
     """The dev-mode tokens for the credentials the environment does not set, by setting name."""
-    state_dir = Path(os.environ.get("PROVISIONER_STATE_DIR") or Settings.model_fields["state_dir"].default)
+    state_dir = _state_dir()
     return {
         setting: _dev_token(state_dir / name) for setting, variable, name in DEV_TOKENS if not os.environ.get(variable)
     }
+
+
+def _start_local_postgres() -> tuple[LocalPostgres, bool]:
+    """`run --local-postgres`: this machine's PostgreSQL for the service's and the registry's databases, started
+    unless it runs already, and their URLs in the environment the settings are read from. The server, and whether
+    this run started it."""
+    for variable in DATABASE_VARIABLES:
+        if os.environ.get(variable):
+            print(f"configuration error: --local-postgres sets {variable}; unset it", file=sys.stderr)
+            raise SystemExit(2)
+    state_dir = _state_dir()
+    make_private_dir(state_dir)
+    server, started = None, False
+    try:
+        server = LocalPostgres(local_postgres_dir(state_dir), _dev_token(state_dir / "postgres-password"))
+        started = server.start()
+        urls = [server.create_database(name, exist_ok=True) for name in ("provisioner", "discovery")]
+    except (PostgresUnavailable, SQLAlchemyError) as exc:  # a connection error names no password
+        if server is not None and started:
+            server.stop()
+        print(f"PostgreSQL: {str(exc).splitlines()[0] if isinstance(exc, SQLAlchemyError) else exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    for variable, url in zip(DATABASE_VARIABLES, urls, strict=True):
+        os.environ[variable] = url.render_as_string(hide_password=False)
+    how = "started" if started else "already running"
+    print(
+        f"PostgreSQL: 127.0.0.1:{server.port}, {how} (cluster in {server.directory}); databases provisioner and "
+        f"discovery, user {urls[0].username}, password in {state_dir / 'postgres-password'}",
+        flush=True,
+    )
+    return server, started
 
 
 def _settings(made: dict[str, str]) -> Settings:
@@ -91,6 +132,23 @@ def _exit_with_errors(exc: ValidationError) -> NoReturn:
 
 
 def run(args: argparse.Namespace) -> None:
+    if not args.local_postgres:
+        _run(args)
+        return
+    # uvicorn raises the signal that stopped it again once it is done: a SIGTERM must end in the `finally` below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    server, started = _start_local_postgres()
+    try:
+        _run(args)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if started:
+            print("PostgreSQL: stopping", flush=True)
+            server.stop()
+
+
+def _run(args: argparse.Namespace) -> None:
     from provisioner.runtime import Runtime, create_app
 
     made = _dev_tokens() if args.dev_token else {}
@@ -235,6 +293,13 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="for each API token the environment does not set (VISA, operator), make one in the state directory "
         "and print it",
+    )
+    run_parser.add_argument(
+        "--local-postgres",
+        action="store_true",
+        help="PostgreSQL for the service and the registry: this machine's server binaries, a cluster in the state "
+        "directory (as root: beside it), started unless it runs and stopped at exit if this run started it "
+        "(`make run-postgres`)",
     )
     run_parser.set_defaults(func=run)
     flavour_parser = sub.add_parser("flavours", help="list, set, delete or import flavours (the service's database)")

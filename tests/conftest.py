@@ -23,6 +23,7 @@ from engine.proxmox import ProxmoxConnection
 from engine.settings import Settings
 from provisioner.runtime import Runtime, create_app
 from tests.helpers.guest_ssh import KeyPair
+from tests.helpers.postgres import BACKENDS, TestPostgres, require_postgres
 
 TOKEN = "test-visa-token-0123456789"
 OPERATOR_TOKEN = "test-operator-token-0123456789"
@@ -187,6 +188,40 @@ def require_real_guests(kind: str) -> None:
         if os.environ.get("PROVISIONER_REAL_GUESTS_REQUIRED") == "1":
             pytest.fail(str(e))
         pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[TestPostgres]:
+    """This session's PostgreSQL server (tests/helpers/postgres.py); stopped and removed at the end."""
+    require_postgres()
+    server = TestPostgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database of each kind, migrated to head on PostgreSQL (a copy of the template), empty on SQLite (a
+    new file): the tests that use it run once on each."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    server: TestPostgres = request.getfixturevalue("postgres")
+    url = server.new_database()
+    yield url
+    server.drop(url)
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database of each kind, with no table at all (migration tests)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    server: TestPostgres = request.getfixturevalue("postgres")
+    url = server.new_database(migrated=False)
+    yield url
+    server.drop(url)
 
 
 @pytest.fixture(scope="module")

@@ -95,3 +95,9 @@ def add_job(
         session.add(Job(id=job_id, kind=kind, instance_id=vmid, state=state, created_at=created, worker_id=worker_id))
     time.sleep(0.002)  # distinct creation order
     return job_id
+
+
+def asks_for_write_lock(statement: str) -> bool:
+    """The statement a write transaction starts with (common.db.make_engine): SQLite's BEGIN (IMMEDIATE), PostgreSQL's
+    advisory lock."""
+    return statement.startswith("BEGIN") or "pg_advisory_xact_lock" in statement

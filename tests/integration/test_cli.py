@@ -1,16 +1,25 @@
 """`provisioner` as a process: bad configuration stops it with a clear message, the flavour commands, a configured
-Proxmox endpoint (the settings themselves: tests/unit/test_configuration.py)."""
+Proxmox endpoint, `run --local-postgres` (the settings themselves: tests/unit/test_configuration.py)."""
 
 from __future__ import annotations
 
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import httpx
 import pytest
+from sqlalchemy import create_engine, func, select
 
+from engine.models import Flavour
 from engine.settings import REFERENCE
-from tests.conftest import ROOT
+from provisioner.postgres import LocalPostgres, local_postgres_dir
+from tests.conftest import ROOT, wait_for
+from tests.helpers.postgres import require_postgres
 
 CLEAN = {"PATH": "/usr/bin:/bin"}
 VISA_TOKEN = "site-token-0123456789"
@@ -96,12 +105,6 @@ def test_flavour_cli_sets_lists_imports_and_deletes(tmp_path: Path):
 
 
 def test_the_service_uses_a_configured_proxmox_endpoint(tmp_path: Path, simulator):
-    import socket
-
-    import httpx
-
-    from tests.conftest import wait_for
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -114,6 +117,7 @@ def test_the_service_uses_a_configured_proxmox_endpoint(tmp_path: Path, simulato
         "VISA_WEB_PROVIDER_PROXMOX_USER": simulator.token_id,
         "VISA_WEB_PROVIDER_PROXMOX_PASSWORD": simulator.token_secret,
         "PROVISIONER_PROXMOX_CA_FILE": str(simulator.cafile),
+        "DISCOVERY_PORT": "0",  # the embedded registry on a free port, not the default another service may hold
     }
     service = subprocess.Popen(
         [sys.executable, "-m", "provisioner.cli", "run"],
@@ -140,3 +144,78 @@ def test_the_service_uses_a_configured_proxmox_endpoint(tmp_path: Path, simulato
         output = service.communicate(timeout=30)[0]
     assert simulator.token_secret not in output
     assert VISA_TOKEN not in output and OPERATOR_TOKEN not in output
+
+
+def test_run_local_postgres_serves_on_a_cluster_of_its_own_and_stops_it_at_exit():
+    """`make run-postgres`: the first run makes the cluster and both databases, the next one starts the same cluster
+    (the flavours stored by the first are there); each stops PostgreSQL when the service stops, and never prints the
+    database password."""
+    require_postgres()
+    # As root the server runs as an unprivileged user, who must reach the cluster beside the state directory.
+    base = Path(tempfile.mkdtemp(prefix="provisioner-run-postgres-"))
+    base.chmod(0o711)
+    state = base / "state"
+
+    def port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+
+    def run_once() -> tuple[str, int]:
+        service_port = port()
+        env = {
+            **CLEAN,
+            **TOKENS,
+            "PROVISIONER_STATE_DIR": str(state),
+            "VISA_WEB_PROVIDER_PROXMOX_SERVER_PORT": str(service_port),
+            "PROVISIONER_SIM_PORT": str(port()),
+            "PROVISIONER_SIM_TIME_SCALE": "0",
+            "DISCOVERY_PORT": "0",
+        }
+        service = subprocess.Popen(
+            [sys.executable, "-m", "provisioner.cli", "run", "--local-postgres"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            client = httpx.Client(base_url=f"http://127.0.0.1:{service_port}", headers={"X-Auth-Token": VISA_TOKEN})
+
+            def flavours() -> list | None:
+                try:
+                    response = client.get("/api/flavours")
+                except httpx.HTTPError:
+                    return None
+                return response.json() if response.status_code == 200 else None
+
+            assert wait_for(flavours, timeout=90, what="the service on PostgreSQL")
+        finally:
+            service.send_signal(signal.SIGTERM)
+            output = service.communicate(timeout=60)[0]
+        return output, service.returncode
+
+    try:
+        first, code = run_once()
+        assert "PostgreSQL: 127.0.0.1:" in first and ", started (cluster in" in first, first
+        password = (state / "postgres-password").read_text().strip()
+        assert password not in first
+        assert "PostgreSQL: stopping" in first and code == 128 + signal.SIGTERM, first
+        cluster = LocalPostgres(local_postgres_dir(state), password)
+        assert cluster.running_port() is None, "stopped with the service"
+
+        second, _ = run_once()
+        assert ", started (cluster in" in second and "PostgreSQL: stopping" in second, second
+        assert cluster.running_port() is None
+        cluster.start()
+        try:
+            engine = create_engine(cluster.url("provisioner"))
+            with engine.connect() as connection:
+                assert connection.scalar(select(func.count()).select_from(Flavour)), "the flavours in PostgreSQL"
+            engine.dispose()
+            assert {"provisioner", "discovery"} <= cluster.databases()
+        finally:
+            cluster.stop(mode="immediate")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

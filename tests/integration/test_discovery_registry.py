@@ -49,14 +49,15 @@ class Registry:
 
 
 @pytest.fixture
-def registry(tmp_path: Path, clock: FakeClock) -> Iterator[Registry]:
-    live = Registry(start_test_registry(tmp_path, clock), clock)
+def registry(tmp_path: Path, clock: FakeClock, database_url: str) -> Iterator[Registry]:
+    """A registry on a fresh database, SQLite or PostgreSQL (each test runs on both)."""
+    live = start(tmp_path, clock, database_url)
     yield live
     live.stop()
 
 
-def start(tmp_path: Path, clock: FakeClock, **settings: Any) -> Registry:
-    return Registry(start_test_registry(tmp_path, clock, **settings), clock)
+def start(tmp_path: Path, clock: FakeClock, database_url: str, **settings: Any) -> Registry:
+    return Registry(start_test_registry(tmp_path, clock, database_url=database_url, **settings), clock)
 
 
 def error(response: httpx.Response, status: int, code: str) -> str:
@@ -176,9 +177,9 @@ def test_only_the_owner_deletes_an_advertisement(registry: Registry):
     error(registry.anonymous.get(path), 404, "ADV_004")
 
 
-def test_allowed_providers_restrict_writers(tmp_path: Path, clock: FakeClock):
+def test_allowed_providers_restrict_writers(tmp_path: Path, clock: FakeClock, database_url: str):
     allowed = Ed25519PrivateKey.generate()
-    live = start(tmp_path, clock, allowed_providers_csv=signing.provider_id(allowed))
+    live = start(tmp_path, clock, database_url, allowed_providers_csv=signing.provider_id(allowed))
     try:
         with live.provider(allowed) as good, live.provider() as other:
             assert good.post(ADS, json=OFFER).status_code == 200
@@ -190,8 +191,10 @@ def test_allowed_providers_restrict_writers(tmp_path: Path, clock: FakeClock):
         live.stop()
 
 
-def test_an_asterisk_allows_every_provider(tmp_path: Path, clock: FakeClock):
-    live = start(tmp_path, clock, allowed_providers_csv=f"{signing.provider_id(Ed25519PrivateKey.generate())}, *")
+def test_an_asterisk_allows_every_provider(tmp_path: Path, clock: FakeClock, database_url: str):
+    live = start(
+        tmp_path, clock, database_url, allowed_providers_csv=f"{signing.provider_id(Ed25519PrivateKey.generate())}, *"
+    )
     try:
         with live.provider() as anyone:
             assert anyone.post(HOSTS, json=host()).status_code == 200
@@ -223,7 +226,9 @@ def test_filters_keep_offers_at_least_as_large_in_the_country(registry: Registry
     assert found(country="se") == {ids[0], ids[1]}
     assert found(country="SE", memory=65) == set()
     assert found(platform="x86_64", cpu=5) == {ids[2]}
+    assert found(storage=2**31 - 1) == set()  # more than any offer, as much as a column holds
     error(registry.anonymous.get(ADS, params={"cpu": 0}), 400, "ADV_002")
+    error(registry.anonymous.get(ADS, params={"storage": 2**31}), 400, "ADV_002")  # PostgreSQL cannot compare it
     error(registry.anonymous.get(ADS, params={"country": "XX"}), 400, "ADV_002")
 
 
@@ -244,8 +249,10 @@ def test_expired_advertisements_vanish_at_once_and_the_sweeper_deletes_them(regi
 # --- rate limits
 
 
-def test_clients_over_the_limit_get_429_with_retry_after_and_health_is_never_limited(tmp_path: Path, clock: FakeClock):
-    live = start(tmp_path, clock, rate_limit_per_minute=3)
+def test_clients_over_the_limit_get_429_with_retry_after_and_health_is_never_limited(
+    tmp_path: Path, clock: FakeClock, database_url: str
+):
+    live = start(tmp_path, clock, database_url, rate_limit_per_minute=3)
     try:
         assert [live.anonymous.get(ADS).status_code for _ in range(3)] == [200, 200, 200]
         clock.advance(20)
@@ -259,8 +266,8 @@ def test_clients_over_the_limit_get_429_with_retry_after_and_health_is_never_lim
         live.stop()
 
 
-def test_a_provider_is_limited_across_client_addresses(tmp_path: Path, clock: FakeClock):
-    live = start(tmp_path, clock, rate_limit_per_minute=3)
+def test_a_provider_is_limited_across_client_addresses(tmp_path: Path, clock: FakeClock, database_url: str):
+    live = start(tmp_path, clock, database_url, rate_limit_per_minute=3)
     key = Ed25519PrivateKey.generate()
     other_address = httpx.HTTPTransport(local_address="127.0.0.2")
     try:
@@ -350,11 +357,11 @@ def test_ipv6_addresses_are_accepted_and_a_body_that_is_not_json_is_adv_002(regi
 
 
 def test_unsigned_golem_providers_are_accepted_only_when_enabled_and_never_over_signed_ones(
-    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, clock: FakeClock, database_url: str, caplog: pytest.LogCaptureFixture
 ):
     golem = {"X-Provider-ID": "0x52908400098527886E0F7030069857D2E4169EE7", "X-Provider-Signature": "signature"}
     with caplog.at_level(logging.WARNING, logger="discovery.app"):
-        live = start(tmp_path, clock, accept_unsigned_providers=True)
+        live = start(tmp_path, clock, database_url, accept_unsigned_providers=True)
     try:
         assert "DISCOVERY_ACCEPT_UNSIGNED_PROVIDERS is on" in caplog.text
         stored = live.anonymous.post(ADS, json=OFFER, headers=golem)
@@ -428,8 +435,10 @@ def test_a_provider_deregisters_only_its_own_hosts(registry: Registry):
     assert registry.anonymous.get(HOSTS).json() == []
 
 
-def test_hosts_are_capped_per_provider_and_a_registered_name_can_still_be_updated(tmp_path: Path, clock: FakeClock):
-    live = start(tmp_path, clock, max_hosts_per_provider=2)
+def test_hosts_are_capped_per_provider_and_a_registered_name_can_still_be_updated(
+    tmp_path: Path, clock: FakeClock, database_url: str
+):
+    live = start(tmp_path, clock, database_url, max_hosts_per_provider=2)
     key = Ed25519PrivateKey.generate()
 
     def names() -> list[str]:
@@ -469,9 +478,9 @@ def test_invalid_or_dangerous_hosts_are_refused_with_host_002(registry: Registry
 
 
 def test_reading_hosts_needs_the_read_token_when_set_and_a_signed_provider_reads_its_own(
-    tmp_path: Path, clock: FakeClock
+    tmp_path: Path, clock: FakeClock, database_url: str
 ):
-    live = start(tmp_path, clock, read_token="read-token-0123456789")
+    live = start(tmp_path, clock, database_url, read_token="read-token-0123456789")
     key = Ed25519PrivateKey.generate()
     try:
         with live.provider(key) as provider, live.provider() as other:

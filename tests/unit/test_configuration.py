@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from common.db import make_engine
 from engine.settings import REFERENCE, Settings
 from provisioner import cli
 from tests.conftest import OPERATOR_TOKEN, TOKEN
@@ -77,3 +78,13 @@ def test_reference_variable_names_are_honoured(monkeypatch: pytest.MonkeyPatch):
     assert settings.seed_base_url == "http://10.0.0.1:4001/ci/" and settings.seed_path_prefix == "/ci"
     assert settings.server_name_prefix == "VISA_INSTANCE" and settings.max_start_retry == 3
     assert not settings.simulated
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgresql+psycopg"])
+def test_a_postgresql_url_uses_psycopg_and_never_shows_its_password(scheme: str):
+    engine = make_engine(f"{scheme}://provisioner:db-password@127.0.0.1:1/provisioner")  # no connection is made
+    try:
+        assert engine.dialect.driver == "psycopg"  # psycopg2, SQLAlchemy's default, is not a dependency
+        assert "db-password" not in repr(engine) + str(engine.url)
+    finally:
+        engine.dispose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,10 +18,11 @@ from tests.helpers.store import add_instance, add_job, make_executor
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Database:
-    database = Database(f"sqlite:///{tmp_path / 'jobs.db'}")
+def db(database_url: str) -> Iterator[Database]:
+    database = Database(database_url)
     database.migrate()
-    return database
+    yield database
+    database.dispose()
 
 
 def states(db: Database) -> dict[str, str]:

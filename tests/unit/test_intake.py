@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -85,8 +83,8 @@ def create(n: int, **changes: Any) -> CreateRequest:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Database]:
-    db = Database(f"sqlite:///{tmp_path / 'store.db'}")
+def store(database_url: str) -> Iterator[Database]:
+    db = Database(database_url)
     db.migrate()
     with db.session() as session:
         session.add(Flavour(id="small", name="Small", cpus=2, ram_mb=4096, disk_gb=20))
@@ -208,11 +206,16 @@ def test_no_create_is_answered_before_its_group_is_committed(store: Database, ma
     assert stored() == len(set(vmids)) == 10
 
 
+def disk_error(store: Database) -> Exception:
+    """The database driver's own error (sqlite3's, psycopg's), as a failing disk makes it."""
+    return store.engine.dialect.loaded_dbapi.OperationalError("disk I/O error")  # type: ignore[no-any-return]
+
+
 @contextmanager
 def jobs_insert_fails(store: Database) -> Iterator[None]:
     def fail(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
         if statement.startswith("INSERT INTO jobs"):  # after the instances' INSERT
-            raise sqlite3.OperationalError("disk I/O error")
+            raise disk_error(store)
 
     with listening(store, "before_cursor_execute", fail):
         yield
@@ -221,7 +224,7 @@ def jobs_insert_fails(store: Database) -> Iterator[None]:
 @contextmanager
 def commit_fails(store: Database) -> Iterator[None]:
     def fail(_dbapi_connection: object) -> None:
-        raise sqlite3.OperationalError("disk I/O error")
+        raise disk_error(store)
 
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setattr(store.engine.dialect, "do_commit", fail)

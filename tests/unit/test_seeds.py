@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import stat
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import text
-from sqlalchemy.exc import StatementError
+from sqlalchemy import column, insert, table
+from sqlalchemy.exc import IntegrityError, StatementError
 
 from engine.db import Database
 from engine.models import Instance
@@ -43,21 +44,19 @@ def test_a_short_key_is_refused():
         SeedTokens(b"short")
 
 
-def test_the_upgrade_keeps_the_tokens_of_instances_stored_before_digests(tmp_path: Path):
-    database = Database(f"sqlite:///{tmp_path / 'old.db'}")
+def test_the_upgrade_keeps_the_tokens_of_instances_stored_before_digests(empty_database_url: str):
+    database = Database(empty_database_url)
     config = Config()
     config.set_main_option("script_location", str(database.migrations))
+    columns = ("id", "name", "vm_name", "image_id", "flavour_id", "node", "cores", "memory_mb", "disk_gb", "lifecycle")
+    columns += ("meta", "security_groups", "ssh_keys", "seed_token", "adopted", "created_at", "updated_at")
+    instances = table("instances", *(column(name) for name in columns))
     with database.engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "0002")
-        connection.execute(
-            text(
-                "INSERT INTO instances (id, name, vm_name, image_id, flavour_id, node, cores, memory_mb, disk_gb,"
-                " lifecycle, meta, security_groups, ssh_keys, seed_token, adopted, created_at, updated_at) VALUES"
-                " (100001, 'n', 'n', '9000', 'small', 'pve1', 1, 512, 4, 'provisioned', '{}', '[]', '[]',"
-                " 'legacy-token-value', 0, '2026-01-01', '2026-01-01')"
-            )
-        )
+        legacy = (100001, "n", "n", "9000", "small", "pve1", 1, 512, 4, "provisioned", "{}", "[]", "[]")
+        legacy += ("legacy-token-value", False, datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, tzinfo=UTC))
+        connection.execute(insert(instances).values(dict(zip(columns, legacy, strict=True))))
     database.migrate()
     with database.session() as session:
         instance = session.get_one(Instance, 100001)
@@ -89,10 +88,16 @@ def test_every_configured_secret_is_redacted():
     )
 
 
-def test_statement_parameters_never_reach_errors_or_logs(tmp_path: Path):
-    database = Database(f"sqlite:///{tmp_path / 'p.db'}")
+def test_statement_parameters_never_reach_errors_or_logs(database_url: str):
+    database = Database(database_url)
     database.migrate()
+    flavours = table("flavours", *(column(name) for name in ("id", "name", "cpus", "ram_mb", "disk_gb")))
     with pytest.raises(StatementError) as raised, database.session() as session:
-        session.execute(text("INSERT INTO flavours (id) VALUES (:secret)"), {"secret": "seed-token-value"})
+        session.execute(insert(flavours).values(id="seed-token-value"))  # no name: PostgreSQL names the row
+    assert "seed-token-value" not in str(raised.value)
+    with database.session() as session:
+        session.execute(insert(flavours).values(id="seed-token-value", name="n", cpus=1, ram_mb=16, disk_gb=1))
+    with pytest.raises(IntegrityError) as raised, database.session() as session:  # PostgreSQL: "Key (id)=(...) exists"
+        session.execute(insert(flavours).values(id="seed-token-value", name="n", cpus=1, ram_mb=16, disk_gb=1))
     assert "seed-token-value" not in str(raised.value)
     database.dispose()

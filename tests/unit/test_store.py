@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import datetime
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import event
@@ -13,14 +12,14 @@ from sqlalchemy import event
 from engine.db import Database
 from engine.errors import Conflict, NotFound
 from engine.jobs.outcome import HostOutcome
-from engine.models import Instance, Job, JobKind, JobState, Lifecycle
-from engine.store import Finished, Store
-from tests.helpers.store import add_job, provisioned
+from engine.models import Flavour, Instance, Job, JobEvent, JobKind, JobState, Lifecycle
+from engine.store import Finished, Store, aware
+from tests.helpers.store import add_job, asks_for_write_lock, provisioned
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'store.db'}")
+def db(database_url: str) -> Iterator[Database]:
+    database = Database(database_url)
     database.migrate()
     yield database
     database.dispose()
@@ -49,7 +48,7 @@ def test_a_job_canceled_while_a_claim_chooses_is_either_claimed_or_canceled_neve
     canceller = threading.Thread(target=cancel)
 
     def begins(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        if threading.current_thread() is canceller and statement.startswith("BEGIN"):
+        if threading.current_thread() is canceller and asks_for_write_lock(statement):
             cancel_began.set()
 
     def slow_choice(ready: list[Job], _now: datetime, _free_slots: int | None) -> list[Job]:
@@ -202,3 +201,86 @@ def test_a_job_whose_run_died_under_it_gets_one_more_try_than_its_kind(db: Datab
         job = session.get_one(Job, job_id)
         assert (job.state, job.attempts) == (JobState.FAILED, 2)  # retried once, then failed
         assert session.get_one(Instance, 1).lifecycle == Lifecycle.ERROR
+
+
+def test_concurrent_compare_and_sets_in_write_transactions_never_lose_an_update(db: Database):
+    """Two threads each read a counter and write it back plus one, 50 times, each in its own `Database.write()`:
+    were two of them to read the same value, an increment would be lost (PostgreSQL lets readers and writers run
+    together; only the write lock orders them)."""
+    with db.session() as session:
+        session.add(Flavour(id="counter", name="counter", cpus=0, ram_mb=16, disk_gb=1))
+
+    def increment(times: int) -> None:
+        for _ in range(times):
+            with db.write() as session:
+                row = session.get_one(Flavour, "counter")
+                row.cpus = row.cpus + 1  # written back at the commit
+
+    threads = [threading.Thread(target=increment, args=(50,)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with db.session() as session:
+        assert session.get_one(Flavour, "counter").cpus == 100
+
+
+def test_concurrent_claims_never_take_the_same_job(db: Database):
+    """Two dispatchers claim from one queue until it is empty: every job is claimed once, by one of them."""
+    for vmid in range(1, 41):
+        provisioned(db, vmid)
+    jobs = {add_job(db, vmid, JobKind.START, age_s=0) for vmid in range(1, 41)}
+    store = Store(db)
+    claims: dict[str, list[str]] = {"a": [], "b": []}
+
+    def three(ready: list[Job], _now: datetime, _free_slots: int | None) -> list[Job]:
+        return ready[:3]
+
+    def dispatcher(name: str) -> None:
+        run = 0
+        while claimed := store.claim(three, f"run-{name}-{run}"):
+            claims[name] += claimed
+            run += 1
+
+    threads = [threading.Thread(target=dispatcher, args=(name,)) for name in claims]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = claims["a"] + claims["b"]
+    assert sorted(every) == sorted(jobs), "each job claimed exactly once"
+    with db.session() as session:
+        runs = {job.id: job.run_id for job in session.query(Job)}
+        assert all(runs[job_id].startswith(f"run-{name}-") for name, ids in claims.items() for job_id in ids)
+        assert {job.state for job in session.query(Job)} == {JobState.RUNNING}
+
+
+def test_text_from_ansible_is_stored_whatever_it_holds(db: Database):
+    """A NUL character, or a task name longer than its column, is refused by PostgreSQL (SQLite keeps both): the
+    NUL is dropped and the name cut, so a run's events and its jobs' ends are stored all the same."""
+    provisioned(db, 1)
+    job_id = add_job(db, 1, JobKind.START)
+    store = Store(db)
+    assert store.claim(take_all, "run-1") == [job_id]
+    store.add_events([JobEvent(job_id=job_id, counter=1, event="runner_on_ok", task="t" * 300, stdout="a\x00b")])
+    failed = Finished(job_id, HostOutcome(ok=False, error="Proxmox said \x00no"), {}, JobState.FAILED)
+    assert [job.id for job in store.finish("run-1", [failed], retry_backoff_s=0)] == [job_id]
+    with db.session() as session:
+        event = session.query(JobEvent).one()
+        assert (event.task, event.stdout) == ("t" * 255, "ab")
+        assert session.get_one(Job, job_id).error == "Proxmox said no"
+
+
+def test_stored_moments_read_back_as_the_same_moments_in_utc(db: Database):
+    """The store writes UTC moments (utcnow). PostgreSQL gives them back aware, in UTC (the engine sets the session's
+    time zone); SQLite naive, holding UTC. `aware` makes either comparable with now."""
+    provisioned(db, 1)
+    job_id = add_job(db, 1, JobKind.START)
+    moment = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+    with db.session() as session:
+        session.get_one(Job, job_id).not_before = moment
+    with db.session() as session:
+        stored = session.get_one(Job, job_id).not_before
+    assert stored is not None and stored.utcoffset() in (None, timedelta(0))
+    assert aware(stored) == moment
+    assert Store(db).claim(take_all, "run-1") == [], "not due before that moment"
