@@ -1,8 +1,8 @@
 """Property-based fuzzing of the HTTP APIs from their own OpenAPI documents (schemathesis): whatever a client
 sends, authenticated or not, no server error, and every answer matches its documented schema.
 
-The service runs for real (store, intake, cluster view on the simulator) with no worker process, so the creates
-the fuzzer gets accepted stay queued instead of running playbooks.
+The service runs for real (store, intake, cluster view on the simulator) with no worker process, only a worker's
+row that never claims, so the creates the fuzzer gets accepted stay queued instead of running playbooks.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
+from engine.store import Store
 from tests.conftest import OPERATOR_TOKEN, TOKEN, LiveService, start_service, start_test_registry
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("fuzz")]
@@ -30,7 +31,9 @@ EXAMPLES = settings(
 
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory: pytest.TempPathFactory, simulator: Any) -> Iterator[LiveService]:
-    service = start_service(tmp_path_factory.mktemp("fuzzed"), simulator, workers=0)
+    service = start_service(tmp_path_factory.mktemp("fuzzed"), simulator, workers=0, worker_lost_after_s=86400)
+    # A worker that is alive and takes nothing: /readyz answers ready, and the accepted creates stay queued.
+    Store(service.runtime.db).register_worker("fuzz-stand-in", "nowhere", 0)
     yield service
     service.stop()
 
