@@ -18,6 +18,7 @@ import pytest
 import uvicorn
 
 from discovery.settings import RegistrySettings
+from engine.db import Database
 from engine.models import Instance
 from engine.proxmox import ProxmoxConnection
 from engine.settings import Settings
@@ -210,6 +211,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     url = server.new_database()
     yield url
     server.drop(url)
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    """The store's database on `database_url`, migrated to head (both kinds)."""
+    database = Database(database_url)
+    database.migrate()
+    yield database
+    database.dispose()
 
 
 @pytest.fixture(params=BACKENDS)

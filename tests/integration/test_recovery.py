@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,14 +17,6 @@ from engine.db import Database
 from engine.jobs.runner import allowed_environment
 from engine.models import Job, JobKind, JobState, utcnow
 from tests.helpers.store import add_instance, add_job, add_worker, make_executor, make_worker
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    database.migrate()
-    yield database
-    database.dispose()
 
 
 def fake_playbook(run_id: str) -> subprocess.Popen[bytes]:

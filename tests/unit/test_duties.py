@@ -3,11 +3,8 @@ act only while their process holds it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
-
-import pytest
 
 from engine.advertiser import Advertiser
 from engine.db import Database
@@ -17,14 +14,6 @@ from engine.reconciler import Reconciler
 from engine.seeds import SeedTokens
 from engine.settings import Settings
 from engine.store import Store
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    database.migrate()
-    yield database
-    database.dispose()
 
 
 def expire(db: Database, name: str) -> None:

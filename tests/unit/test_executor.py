@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-
-import pytest
 
 from engine.db import Database
 from engine.jobs import bell
@@ -15,14 +12,6 @@ from engine.jobs.queue import StoreQueue
 from engine.models import Instance, Job, JobKind, JobState, Lifecycle, utcnow
 from engine.store import Store
 from tests.helpers.store import add_instance, add_job, make_executor
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    database.migrate()
-    yield database
-    database.dispose()
 
 
 def states(db: Database) -> dict[str, str]:

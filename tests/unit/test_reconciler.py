@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
-
-import pytest
 
 from engine.db import Database
 from engine.jobs.kinds import owner_tag
@@ -19,14 +16,6 @@ from tests.helpers.store import provisioned
 
 GiB = 1024**3
 PROVIDER = "ab" * 32
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    database.migrate()
-    yield database
-    database.dispose()
 
 
 def vm(vmid: int, name: str = "vm", tags: tuple[str, ...] = ()) -> VmInfo:

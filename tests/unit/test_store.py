@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,14 +14,6 @@ from engine.jobs.outcome import HostOutcome
 from engine.models import Flavour, Instance, Job, JobEvent, JobKind, JobState, Lifecycle
 from engine.store import Finished, Store, aware
 from tests.helpers.store import add_job, asks_for_write_lock, provisioned
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    database.migrate()
-    yield database
-    database.dispose()
 
 
 def jobs_of(db: Database, vmid: int) -> list[tuple[str, str]]:

@@ -6,11 +6,8 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-
-import pytest
 
 from engine import models
 from engine.db import Database
@@ -19,14 +16,6 @@ from engine.models import Job, JobKind, JobState, utcnow
 from engine.store import Store
 from tests.conftest import wait_for
 from tests.helpers.store import add_instance, add_job, add_worker, make_executor, make_worker
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    database.migrate()
-    yield database
-    database.dispose()
 
 
 def job(db: Database, job_id: str) -> Job:
