@@ -63,6 +63,19 @@ REFERENCE = {
 }
 
 
+def wait_ready(base: str, timeout: float) -> bool:
+    """Until the service at base is ready (its cluster view fresh, a worker taking jobs); False after timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -151,15 +164,8 @@ class Processes:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.base + "/readyz", timeout=1).status_code == 200:
-                    return  # ready: the cluster view is fresh and a worker takes jobs
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise SystemExit("the service did not get ready")
+        if not wait_ready(self.base, 60):
+            raise SystemExit("the service did not get ready")
 
     def pve(self) -> ProxmoxAPI:
         return ProxmoxAPI(

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench import KEY, OPERATOR_TOKEN, ROOT, TOKEN, burst, free_port, wait_all_active
+from bench import KEY, OPERATOR_TOKEN, ROOT, TOKEN, burst, free_port, wait_all_active, wait_ready
 
 HARNESS = ROOT.parent / "shared" / "examples" / "fakepve_harness.py"
 REFERENCE_SERIAL_S = 55.3  # 50 creates one after another, all ACTIVE (reference-baseline.md, 2b)
@@ -90,14 +90,8 @@ def start_service(workdir: Path, workers: int) -> tuple[subprocess.Popen[bytes],
         [sys.executable, "-m", "provisioner.cli", "run"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                return service, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
+    if wait_ready(base, 90):
+        return service, base
     service.kill()
     raise SystemExit("the service did not get ready")
 
