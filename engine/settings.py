@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
@@ -90,6 +91,9 @@ class Settings(BaseSettings):
     worker_lost_after_s: float = Field(30.0, gt=0, validation_alias=env("PROVISIONER_WORKER_LOST_AFTER"))
     # A stopping worker (SIGTERM) lets its runs finish this long before it interrupts them and hands them back.
     worker_drain_s: float = Field(600.0, ge=0, validation_alias=env("PROVISIONER_WORKER_DRAIN"))
+    # Which queue hands jobs to workers: "embedded" (the job table and this machine's bell), "procrastinate" (on
+    # PostgreSQL: workers on any number of machines), "auto": procrastinate on PostgreSQL, embedded on SQLite.
+    queue: Literal["auto", "embedded", "procrastinate"] = Field("auto", validation_alias=env("PROVISIONER_QUEUE"))
     batch_window_ms: int = Field(300, ge=0, le=10000, validation_alias=env("PROVISIONER_BATCH_WINDOW_MS"))
     job_timeout_s: int = Field(1800, ge=10, validation_alias=env("PROVISIONER_JOB_TIMEOUT"))
     address_timeout_s: int = Field(600, ge=5, validation_alias=env("PROVISIONER_ADDRESS_TIMEOUT"))
@@ -169,6 +173,8 @@ class Settings(BaseSettings):
         self._check_credentials()
         if self.vmid_min > self.vmid_max:
             raise ValueError("PROVISIONER_VMID_MIN must not exceed PROVISIONER_VMID_MAX")
+        if self.queue == "procrastinate" and not self.on_postgresql:
+            raise ValueError("PROVISIONER_QUEUE=procrastinate needs PostgreSQL (PROVISIONER_DATABASE_URL)")
         if self.proxmox_endpoint and self.proxmox_password is None:
             raise ValueError(f"{REFERENCE}PASSWORD (password or API token secret) is required with an endpoint")
         return self
@@ -218,6 +224,16 @@ class Settings(BaseSettings):
     @cached_property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.state_dir / 'provisioner.db'}"
+
+    @property
+    def on_postgresql(self) -> bool:
+        return self.db_url.startswith(("postgresql:", "postgresql+"))
+
+    @property
+    def queue_backend(self) -> Literal["embedded", "procrastinate"]:
+        if self.queue == "auto":
+            return "procrastinate" if self.on_postgresql else "embedded"
+        return self.queue
 
     def secret_values(self) -> list[str]:
         """Every secret this service is configured with, for the redactor: tokens, passwords, the database's."""

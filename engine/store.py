@@ -128,10 +128,16 @@ class Store:
     # ------------------------------------------------------------ the executor's transitions
 
     def claim(
-        self, choose: ClaimPolicy, run_id: str, worker_id: str | None = None, lost_before: datetime | None = None
+        self,
+        choose: ClaimPolicy,
+        run_id: str,
+        worker_id: str | None = None,
+        lost_before: datetime | None = None,
+        hand_over: Callable[[Any], None] | None = None,
     ) -> list[str]:
         """claim: the jobs `choose` picks among the ready ones, PENDING → RUNNING under `run_id` on worker_id; their
-        ids. A draining or lost worker (no row) claims nothing."""
+        ids. A draining or lost worker (no row) claims nothing. `hand_over(connection)` runs in the same transaction
+        once jobs were claimed, given its DB-API connection (a queue records the run in it: both happen or neither)."""
         now = utcnow()
         with self.db.write() as session:
             free_slots = None
@@ -164,7 +170,22 @@ class Store:
                 )
                 .returning(Job.id)
             )
-            return list(claimed)
+            ids = list(claimed)
+            if ids and hand_over is not None:
+                hand_over(session.connection().connection.driver_connection)
+            return ids
+
+    def start_run(self, run_id: str, worker_id: str) -> list[str]:
+        """A claimed run starts on worker_id (a queue handed it to that worker): its RUNNING jobs, none if it was
+        recovered or finished meanwhile (it must not run then)."""
+        with self.db.write() as session:
+            started = session.scalars(
+                update(Job)
+                .where(Job.run_id == run_id, Job.state == JobState.RUNNING)
+                .values(worker_id=worker_id)
+                .returning(Job.id)
+            )
+            return list(started)
 
     def record_run_process(self, run_id: str, pgid: int) -> None:
         """The process group of a run's ansible-playbook, so a restart can kill what a crash left running."""
@@ -245,15 +266,25 @@ class Store:
         twice; the worker's row goes. None: the jobs no worker claimed (left by a service from before workers)."""
         with self.db.write() as session:
             stale = list(session.scalars(select(Job).where(Job.state == JobState.RUNNING, Job.worker_id == worker_id)))
-            for job in stale:
-                job.run_id, job.run_pgid, job.worker_id = None, None, None
-                if KINDS[JobKind(job.kind)].rerun_after_crash:
-                    job.state = JobState.PENDING
-                else:
-                    self._end(session, job, JobState.FAILED, f"interrupted: {reason}; not repeated")
+            self._hand_back(session, stale, reason)
             if worker_id is not None:
                 session.execute(delete(Worker).where(Worker.id == worker_id))
             return len(stale)
+
+    def recover_run(self, run_id: str, reason: str) -> int:
+        """recover, for one run whose worker stopped running it (a queue found it stalled): as `recover`."""
+        with self.db.write() as session:
+            stale = list(session.scalars(select(Job).where(Job.state == JobState.RUNNING, Job.run_id == run_id)))
+            self._hand_back(session, stale, reason)
+            return len(stale)
+
+    def _hand_back(self, session: Session, stale: list[Job], reason: str) -> None:
+        for job in stale:
+            job.run_id, job.run_pgid, job.worker_id = None, None, None
+            if KINDS[JobKind(job.kind)].rerun_after_crash:
+                job.state = JobState.PENDING
+            else:
+                self._end(session, job, JobState.FAILED, f"interrupted: {reason}; not repeated")
 
     # ------------------------------------------------------------ workers
 
@@ -472,16 +503,16 @@ def _deleted(instance: Instance) -> None:
 
 
 def _free_slots(session: Session, lost_before: datetime) -> int:
-    """The runs every live worker that is not draining could start now (at least 1: the one claiming)."""
-    busy = dict(
-        session.execute(
-            select(Job.worker_id, func.count(distinct(Job.run_id)))
-            .where(Job.state == JobState.RUNNING, Job.worker_id.is_not(None))
-            .group_by(Job.worker_id)
-        ).all()
+    """The runs the live workers that are not draining could start now: their slots less the runs claimed and not
+    finished (a run a queue holds for a worker counts as soon as it is claimed)."""
+    serving = (Worker.heartbeat_at >= lost_before, Worker.draining.is_(False))
+    slots = session.scalar(select(func.coalesce(func.sum(Worker.slots), 0)).where(*serving))
+    busy = session.scalar(
+        select(func.count(distinct(Job.run_id)))
+        .join(Worker, Worker.id == Job.worker_id)
+        .where(Job.state == JobState.RUNNING, *serving)
     )
-    live = session.scalars(select(Worker).where(Worker.draining.is_(False), Worker.heartbeat_at >= lost_before))
-    return max(1, sum(max(0, worker.slots - busy.get(worker.id, 0)) for worker in live))
+    return max(0, int(slots or 0) - int(busy or 0))
 
 
 def _due(job: Job, now: datetime) -> bool:

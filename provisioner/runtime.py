@@ -26,7 +26,8 @@ from engine.db import Database
 from engine.duties import DutyLease, holder_id
 from engine.flavours import seed_flavours
 from engine.jobs import bell
-from engine.jobs.queue import StoreQueue
+from engine.jobs.procrastinate_queue import ProcrastinateQueue, sync_app
+from engine.jobs.queue import JobQueue, StoreQueue
 from engine.proxmox import ClusterView, ProxmoxConnection, Snapshot
 from engine.reconciler import Reconciler
 from engine.seeds import SeedTokens
@@ -67,6 +68,7 @@ class Runtime:
         self.workers: WorkerProcesses | None = None
         self._runs_ended: RunsEnded | None = None
         self.reconciler: Reconciler | None = None
+        self._queue_app: Any = None  # procrastinate's, with PROVISIONER_QUEUE=procrastinate
         self.holder = holder_id()  # this process, as the holder of the duties done once for all API processes
 
     def start(self) -> None:
@@ -96,7 +98,7 @@ class Runtime:
             ),
             settings.workers,
         )
-        queue = StoreQueue(self.store, settings.bell_dir)
+        queue = self._queue()
         self.provisioner = Provisioner(settings, self.store, self.seeds, self.cluster, self.keys, queue)
         self.provisioner.start()
         try:
@@ -129,7 +131,15 @@ class Runtime:
         ):
             if part is not None:
                 part.stop()
+        if self._queue_app is not None:
+            self._queue_app.close()
         self.db.dispose()
+
+    def _queue(self) -> JobQueue:
+        if self.settings.queue_backend == "procrastinate":
+            self._queue_app = sync_app(self.settings.db_url).open()
+            return ProcrastinateQueue(self.store, self._queue_app)
+        return StoreQueue(self.store, self.settings.bell_dir)
 
     def _start_discovery(self, cluster: ClusterView) -> dict[str, str]:
         """Registry (embedded unless DISCOVERY_URL is set), provider key, advertiser; the playbooks' DISCOVERY_*."""

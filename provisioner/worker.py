@@ -18,7 +18,8 @@ from collections.abc import Callable
 from engine.db import Database
 from engine.jobs.executor import Executor, ExecutorConfig
 from engine.jobs.kinds import Context
-from engine.jobs.worker import Worker, WorkerConfig
+from engine.jobs.procrastinate_worker import QueueConfig, QueueWorker
+from engine.jobs.worker import QueueSide, Worker, WorkerConfig
 from engine.seeds import SeedTokens
 from engine.store import Store
 from provisioner.worker_spec import WorkerSpec
@@ -53,7 +54,12 @@ def build_worker(spec: WorkerSpec, db: Database) -> Worker:
             context=Context(settings, seeds),
             after_run=after_run,
             worker_id=worker_id,
+            claims=settings.queue_backend == "embedded",
         )
+
+    def queue_for(worker: Worker) -> QueueSide:
+        config = QueueConfig(settings.db_url, settings.worker_heartbeat_s, settings.worker_lost_after_s)
+        return QueueWorker(config, worker.executor, worker.recover_run, on_failure=_stop_now)
 
     return Worker(
         store,
@@ -64,7 +70,13 @@ def build_worker(spec: WorkerSpec, db: Database) -> Worker:
             heartbeat_s=settings.worker_heartbeat_s,
             lost_after_s=settings.worker_lost_after_s,
         ),
+        queue_for=queue_for if settings.queue_backend == "procrastinate" else None,
     )
+
+
+def _stop_now() -> None:
+    """Stop this worker at once, as SIGINT does: its runs are interrupted and their jobs handed back."""
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def serve(spec: WorkerSpec, parent_pid: int | None = None) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ class Executor:
         context: Context,
         after_run: Callable[[], None],
         worker_id: str | None = None,
+        claims: bool = True,
     ) -> None:
         self._store = store
         self._worker_id = worker_id
@@ -72,6 +74,8 @@ class Executor:
         self._secrets = secrets
         self._context = context  # what the job kinds' variables are made of (engine/jobs/kinds.py)
         self._after_run = after_run
+        # False: a queue claims, and hands the runs to `run_claimed` (engine/jobs/procrastinate_queue.py)
+        self._claims = claims
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._draining = threading.Event()
@@ -141,7 +145,7 @@ class Executor:
             self._wake.clear()
             try:
                 self._give_up_overdue_runs()
-                while not self._stop.is_set() and not self._draining.is_set() and self._dispatch_once():
+                while self._claims and self._may_claim() and self._dispatch_once():
                     pass
             except Exception:
                 log.exception("job dispatcher failed; retrying")
@@ -167,24 +171,52 @@ class Executor:
         lost_before = utcnow() - timedelta(seconds=self._config.lost_after_s)
 
         def choose(ready: list[Job], now: datetime, free_slots: int | None) -> list[Job]:
-            return self._choose(ready, now, free_slots or idle_runs)
+            batch, wait_s = self._choose(ready, now, free_slots or idle_runs)
+            if wait_s is not None:
+                self._schedule_wake(wait_s)
+            return batch
 
         claimed = self._store.claim(choose, run_id, self._worker_id, lost_before)
         return (run_id, claimed) if claimed else None
 
-    def _choose(self, ready: list[Job], now: datetime, idle_runs: int) -> list[Job]:
+    def claim_for_queue(self, hand_over: Callable[..., None]) -> tuple[list[str], float | None]:
+        """Claim a batch for each free run of every live worker, handing each to the queue in its claim's transaction
+        (`hand_over(connection, run_id=…)`); the runs claimed, and in how many seconds jobs waiting for their batch
+        window are due (None: none wait)."""
+        lost_before = utcnow() - timedelta(seconds=self._config.lost_after_s)
+        runs: list[str] = []
+        wait: list[float] = []
+
+        def choose(ready: list[Job], now: datetime, free_slots: int | None) -> list[Job]:
+            if not free_slots:
+                return []
+            batch, wait_s = self._choose(ready, now, free_slots)
+            wait.extend([wait_s] if wait_s is not None else [])
+            return batch
+
+        while self._may_claim():
+            run_id = str(uuid.uuid4())
+            if not self._store.claim(choose, run_id, self._worker_id, lost_before, partial(hand_over, run_id=run_id)):
+                break
+            runs.append(run_id)
+        return runs, (min(wait) if wait else None)
+
+    def _may_claim(self) -> bool:
+        return not self._stop.is_set() and not self._draining.is_set()
+
+    def _choose(self, ready: list[Job], now: datetime, idle_runs: int) -> tuple[list[Job], float | None]:
+        """The batch to claim among the ready jobs, or none and how long until the oldest's batch window closes."""
         if not ready:
-            return []
+            return [], None
         kind = ready[0].kind
         candidates = [job for job in ready if job.kind == kind]
         oldest = aware(candidates[0].created_at)
         window = timedelta(seconds=self._config.batch_window_s)
         if len(candidates) < self._config.max_batch and now - oldest < window:
-            self._schedule_wake(self._config.batch_window_s - (now - oldest).total_seconds())
-            return []
+            return [], self._config.batch_window_s - (now - oldest).total_seconds()
         # Spread the ready jobs over the idle runs: each run's controller process is single-threaded, so one
         # run of 50 VMs keeps one core busy where two runs of 25 use both, and two workers share a burst.
-        return candidates[: min(self._config.max_batch, -(-len(candidates) // idle_runs))]
+        return candidates[: min(self._config.max_batch, -(-len(candidates) // idle_runs))], None
 
     def _schedule_wake(self, delay_s: float) -> None:
         timer = threading.Timer(max(0.01, delay_s), self._wake.set)
@@ -205,10 +237,23 @@ class Executor:
 
     # --- running
 
-    def _run_batch(self, run_id: str, job_ids: list[str]) -> None:
+    def run_claimed(self, run_id: str, cancel: threading.Event) -> bool:
+        """Run a batch a queue claimed (`claim_for_queue`) and handed to this worker; cancel stops it. False if it
+        must not run: it was recovered or finished meanwhile, or every job in it was canceled (they end so)."""
+        job_ids = self._store.start_run(run_id, self._worker_id or "")
+        if not job_ids:
+            return False
+        with self._active_lock:
+            self._active_runs += 1
+        if self._store.runs_to_stop([run_id]):
+            cancel.set()  # the run still starts, and ends its jobs CANCELED at once
+        self._run_batch(run_id, job_ids, cancel)
+        return True
+
+    def _run_batch(self, run_id: str, job_ids: list[str], cancel: threading.Event | None = None) -> None:
         lower_priority(self._config.nice)
         try:
-            self._execute(run_id, job_ids)
+            self._execute(run_id, job_ids, cancel or threading.Event())
         except Exception:
             log.exception("run %s crashed", run_id)
             self._finish_all(
@@ -223,7 +268,7 @@ class Executor:
             self._after_run()
             self._wake.set()
 
-    def _execute(self, run_id: str, job_ids: list[str]) -> None:
+    def _execute(self, run_id: str, job_ids: list[str], cancel: threading.Event) -> None:
         hostvars: dict[str, dict[str, Any]] = {}
         secrets = list(self._secrets)
         host_jobs: dict[str, str] = {}
@@ -235,7 +280,6 @@ class Executor:
             secrets.append(self._context.seeds.token(instance))
         if kind is None:
             return
-        cancel = threading.Event()
         with self._cancels_lock:
             self._cancels[run_id] = cancel
         self.runs_started += 1

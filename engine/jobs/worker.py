@@ -23,10 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Protocol
 
 from engine.jobs import bell
 from engine.jobs.executor import Executor
-from engine.jobs.processes import kill_run, scrub_run_inputs
+from engine.jobs.processes import kill_run, kill_run_processes, scrub_run_inputs
 from engine.models import utcnow
 from engine.store import Store, aware
 
@@ -41,6 +42,17 @@ class WorkerConfig:
     lost_after_s: float = 30.0
 
 
+class QueueSide(Protocol):
+    """What hands runs to this worker when a queue claims them (engine/jobs/procrastinate_worker.py); without one,
+    the executor claims for itself."""
+
+    def start(self) -> None: ...
+    def stop_taking(self) -> None: ...
+    def close(self) -> None: ...
+    def wake(self) -> None:
+        """Jobs may be ready: queued, handed back, or next for a VM whose run ended."""
+
+
 class Worker:
     def __init__(
         self,
@@ -48,6 +60,7 @@ class Worker:
         executor_for: Callable[[str, Callable[[], None]], Executor],
         config: WorkerConfig,
         host: str | None = None,
+        queue_for: Callable[[Worker], QueueSide] | None = None,
     ) -> None:
         self.id = str(uuid.uuid4())
         self.host = host or socket.gethostname()
@@ -59,6 +72,7 @@ class Worker:
         self._draining = False
         self._listener: bell.Listener | None = None
         self._thread: threading.Thread | None = None
+        self._queue = queue_for(self) if queue_for is not None else None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -71,11 +85,15 @@ class Worker:
         self.executor.start()
         self._thread = threading.Thread(target=self._loop, name="worker-heartbeat", daemon=True)
         self._thread.start()
+        if self._queue is not None:
+            self._queue.start()
 
     def drain(self, timeout_s: float, interrupted: threading.Event | None = None) -> bool:
         """Claim nothing new and wait up to timeout_s (or until interrupted) for the runs going on to end; True if
         they did."""
         self._draining = True
+        if self._queue is not None:
+            self._queue.stop_taking()
         self.executor.drain()
         self._beat()
         deadline = time.monotonic() + timeout_s
@@ -87,14 +105,17 @@ class Worker:
     def stop(self) -> None:
         """Stop now: runs still going are interrupted and their jobs handed back, then the worker leaves."""
         self._stop.set()
+        if self._queue is not None:
+            self._queue.stop_taking()
         if self._listener is not None:
             self._listener.interrupt()
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.executor.stop(wait=True)
-        handed_back = self._store.recover(self.id, "its worker stopped")
-        if handed_back:
-            bell.ring(self._config.bell_dir, bell.JOBS)
+        if self._store.recover(self.id, "its worker stopped"):
+            self._jobs_ready()
+        if self._queue is not None:
+            self._queue.close()
         if self._listener is not None:
             self._listener.close()
         log.info("worker %s left", self.id)
@@ -133,7 +154,12 @@ class Worker:
 
     def _after_run(self) -> None:
         bell.ring(self._config.bell_dir, bell.RUNS)  # the API refreshes its view of the cluster
-        bell.ring(self._config.bell_dir, bell.JOBS)  # the VM's next job may be ready, for any worker
+        self._jobs_ready()  # the VM's next job may be ready, for any worker
+
+    def _jobs_ready(self) -> None:
+        bell.ring(self._config.bell_dir, bell.JOBS)
+        if self._queue is not None:
+            self._queue.wake()
 
     # ------------------------------------------------------------------ lost workers
 
@@ -151,8 +177,15 @@ class Worker:
         if self._store.orphaned():
             handed_back += self._recover(None, self.host, "the service restarted")
         if handed_back:
-            bell.ring(self._config.bell_dir, bell.JOBS)
+            self._jobs_ready()
         return handed_back
+
+    def recover_run(self, run_id: str, reason: str) -> int:
+        """Hand back the jobs of one run its worker stopped running (a queue found it stalled), after killing what it
+        left running if that was on this machine."""
+        kill_run_processes(run_id)
+        scrub_run_inputs(self._config.runs_dir, [run_id])
+        return self._store.recover_run(run_id, reason)
 
     def _recover(self, worker_id: str | None, host: str, reason: str) -> int:
         runs = self._store.stale_runs(worker_id)

@@ -33,6 +33,7 @@ from tests.conftest import (
 )
 from tests.helpers.guest_ssh import GuestSSH, KeyPair, scanned_host_key
 from tests.helpers.real_guests import create, login
+from tests.helpers.workers import delete_all
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_guest, pytest.mark.xdist_group("real_guests")]
 
@@ -231,14 +232,7 @@ def test_ten_concurrent_creates_all_accept_ssh(
     assert len(addresses) == 10
     for ssh, instance_id in zip(logins, ids, strict=True):
         assert ssh.check("hostname").strip() == hostname(f"VISA-INSTANCE-C{ids.index(instance_id)}", int(instance_id))
-    for instance_id in ids:
-        assert service.client.delete(f"/api/instances/{instance_id}").status_code == 200
-    for instance_id in ids:
-        wait_for(
-            lambda i=instance_id: service.client.get(f"/api/instances/{i}").status_code == 404,
-            timeout=180,
-            what="the instances to be gone",
-        )
+    delete_all(service, ids)
     assert not {int(i) for i in ids} & set(guest_cluster.sim.guests.backend.vmids())
 
 

@@ -1,21 +1,24 @@
-"""Worker processes (`provisioner run` with PROVISIONER_WORKERS=2) on the simulator, with real playbook runs: two
-workers share a burst, a worker killed mid-run has its jobs finished by another without a second clone, a running
-job is canceled from the API while a worker process runs it, and the API answers while a worker is stuck in a run."""
+"""Worker processes (`provisioner run` with PROVISIONER_WORKERS=2) on the simulator, with real playbook runs, on both
+queues (the embedded one on SQLite, procrastinate on PostgreSQL): two workers share a burst, one VM's jobs run in
+order and never at once, a request made twice runs once, a worker killed mid-run has its jobs finished by another
+without a second clone, a running job is canceled from the API while a worker process runs it, and the API answers
+while a worker is stuck in a run."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from simulator import start_simulator
-from tests.conftest import LiveService, start_service, visa_body, wait_for
+from tests.conftest import LiveService, start_service, wait_for
 from tests.helpers.faults import control
+from tests.helpers.workers import clones, create_all, delete_all, jobs_of, running_on, workers
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ansible")]
 
@@ -27,9 +30,15 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     handle.stop()
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory, sim: Any) -> Iterator[LiveService]:
-    live = start_service(tmp_path_factory.mktemp("workers"), sim, workers=2, worker_heartbeat_s=1.0)
+@pytest.fixture(scope="module", params=["embedded", "procrastinate"])
+def service(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, sim: Any
+) -> Iterator[LiveService]:
+    overrides: dict[str, Any] = {}
+    if request.param == "procrastinate":
+        overrides["database_url"] = request.getfixturevalue("postgres").new_database(migrated=False)
+    live = start_service(tmp_path_factory.mktemp("workers"), sim, workers=2, worker_heartbeat_s=1.0, **overrides)
+    assert live.runtime.settings.queue_backend == request.param
     wait_for(lambda: len(workers(live)) == 2, timeout=60, what="two workers to join")
     yield live
     live.stop()
@@ -39,49 +48,6 @@ def service(tmp_path_factory: pytest.TempPathFactory, sim: Any) -> Iterator[Live
 def no_fault_left(sim: Any) -> Iterator[None]:
     yield
     assert control(sim, "DELETE").status_code == 200
-
-
-def workers(service: LiveService) -> list[dict[str, Any]]:
-    return service.operator.get("/v1/workers").json()  # type: ignore[no-any-return]
-
-
-def jobs_of(service: LiveService, ids: list[str], kind: str = "create") -> list[dict[str, Any]]:
-    listed = service.operator.get("/v1/jobs", params={"limit": 1000}).json()
-    return [job for job in listed if job["kind"] == kind and str(job["instance_id"]) in ids]
-
-
-def create_all(service: LiveService, names: list[str]) -> list[str]:
-    with ThreadPoolExecutor(len(names)) as pool:
-        responses = list(pool.map(lambda n: service.client.post("/api/instances", json=visa_body(n)), names))
-    assert {r.status_code for r in responses} == {201}, [r.text for r in responses if r.status_code != 201]
-    return [str(r.json()["id"]) for r in responses]
-
-
-def clones(sim: Any, since: int) -> dict[int, int]:
-    """How many clone requests the simulator took for each new VMID since an index of its request log."""
-    counts: dict[int, int] = {}
-    for method, path, body in list(sim.sim.requests)[since:]:
-        if method == "POST" and path.endswith("/clone"):
-            fields = dict(part.split(b"=", 1) for part in body.split(b"&") if b"=" in part)
-            vmid = int(fields[b"newid"])
-            counts[vmid] = counts.get(vmid, 0) + 1
-    return counts
-
-
-def delete_all(service: LiveService, ids: list[str]) -> None:
-    for instance_id in ids:
-        assert service.client.delete(f"/api/instances/{instance_id}").status_code == 200
-    for instance_id in ids:
-        wait_for(
-            lambda i=instance_id: service.client.get(f"/api/instances/{i}").status_code == 404,
-            timeout=180,
-            what="the instances to be gone",
-        )
-
-
-def running_on(service: LiveService, ids: list[str]) -> dict[str, dict[str, Any]]:
-    """The create jobs of ids that a worker runs now, by job id."""
-    return {job["id"]: job for job in jobs_of(service, ids) if job["state"] == "running" and job["worker_id"]}
 
 
 def test_two_workers_share_a_burst_and_make_each_vm_once(service: LiveService, sim: Any):
@@ -94,6 +60,36 @@ def test_two_workers_share_a_burst_and_make_each_vm_once(service: LiveService, s
     assert len({job["worker_id"] for job in creates}) == 2, "both workers ran some of the burst"
     assert clones(sim, since) == {int(i): 1 for i in ids}
     delete_all(service, ids)
+
+
+def test_one_vms_jobs_run_in_order_one_at_a_time_and_a_request_made_twice_runs_once(service: LiveService, sim: Any):
+    [instance_id] = create_all(service, ["VISA-INSTANCE-ORDER"])
+    service.wait_state(instance_id, "ACTIVE", timeout=120)
+    since = len(sim.sim.requests)
+    for action in ("shutdown", "shutdown", "start", "reboot", "shutdown"):  # the second shutdown waits: the same job
+        assert service.client.post(f"/api/instances/{instance_id}/{action}").status_code == 200
+    wait_for(lambda: not [j for j in power_jobs(service, instance_id) if j["state"] in ("pending", "running")], 120)
+    jobs = power_jobs(service, instance_id)
+    assert [(j["kind"], j["state"]) for j in jobs] == [
+        ("shutdown", "successful"),
+        ("start", "successful"),
+        ("reboot", "successful"),
+        ("shutdown", "successful"),
+    ]
+    for earlier, later in itertools.pairwise(jobs):
+        assert later["started_at"] >= earlier["finished_at"], "one VM's jobs never overlap"
+    vmid = service.instance(instance_id)["id"]
+    calls = [
+        p.rsplit("/", 1)[1] for m, p, _ in list(sim.sim.requests)[since:] if m == "POST" and f"/{vmid}/status/" in p
+    ]
+    assert calls == ["shutdown", "start", "reboot", "shutdown"], "Proxmox saw them once each, in order"
+    delete_all(service, [instance_id])
+
+
+def power_jobs(service: LiveService, instance_id: str) -> list[dict[str, Any]]:
+    listed = service.operator.get("/v1/jobs", params={"limit": 1000}).json()
+    mine = [j for j in listed if str(j["instance_id"]) == instance_id and j["kind"] not in ("create", "delete")]
+    return sorted(mine, key=lambda j: j["created_at"])
 
 
 def test_a_worker_killed_mid_run_has_its_jobs_finished_by_another_without_a_second_clone(

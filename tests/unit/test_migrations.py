@@ -10,7 +10,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import MetaData, inspect
+from sqlalchemy import MetaData, inspect, text
 
 from common.db import make_engine
 from discovery.app import MIGRATIONS as REGISTRY_MIGRATIONS
@@ -27,6 +27,34 @@ SCHEMAS = {
 # The one way the migrated schema differs from the models, on both databases alike: 0003 added seed_token_hash as
 # nullable (it backfills the rows stored before), the model says NOT NULL. Changing it takes a migration of its own.
 KNOWN_DIFFERENCES = [("modify_nullable", "instances", "seed_token_hash")]
+
+# The queue's tables on PostgreSQL (0007: procrastinate's own schema); SQLite needs none.
+PROCRASTINATE_TABLES = {
+    "procrastinate_jobs",
+    "procrastinate_events",
+    "procrastinate_workers",
+    "procrastinate_periodic_defers",
+}
+
+
+def queue_tables(url: str, schema: str) -> set[str]:
+    return PROCRASTINATE_TABLES if schema == "engine" and url.startswith("postgresql") else set()
+
+
+def procrastinate_leftovers(url: str) -> list[str]:
+    """procrastinate's functions and types left in a PostgreSQL database (none on SQLite)."""
+    if not url.startswith("postgresql"):
+        return []
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            query = text(
+                "SELECT proname FROM pg_proc WHERE proname LIKE :prefix "
+                "UNION ALL SELECT typname FROM pg_type WHERE typname LIKE :prefix"
+            )
+            return list(connection.execute(query, {"prefix": "procrastinate%"}).scalars())
+    finally:
+        engine.dispose()
 
 
 def alembic(url: str, migrations: Path, action: str, revision: str) -> None:
@@ -74,7 +102,7 @@ def test_both_schemas_migrate_from_empty_to_head_as_the_models_say(empty_databas
         alembic(empty_database_url, migrations, "upgrade", "head")
     tables, differences = schema_of(empty_database_url)
     expected = set(Base.metadata.tables) | set(RegistryBase.metadata.tables) | {v for *_, v in SCHEMAS.values()}
-    assert tables == expected
+    assert tables == expected | queue_tables(empty_database_url, "engine")
     assert differences == KNOWN_DIFFERENCES
 
 
@@ -84,9 +112,10 @@ def test_every_migration_goes_down_to_empty_and_up_again(empty_database_url: str
     alembic(empty_database_url, migrations, "upgrade", "head")
     alembic(empty_database_url, migrations, "downgrade", "base")
     assert schema_of(empty_database_url)[0] == {version_table}
+    assert procrastinate_leftovers(empty_database_url) == []
     alembic(empty_database_url, migrations, "upgrade", "head")
     tables, differences = schema_of(empty_database_url)
-    assert tables == set(metadata.tables) | {version_table}
+    assert tables == set(metadata.tables) | {version_table} | queue_tables(empty_database_url, schema)
     assert [d for d in differences if d[1] in metadata.tables] == [
         d for d in KNOWN_DIFFERENCES if d[1] in metadata.tables
     ]

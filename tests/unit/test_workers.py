@@ -9,6 +9,8 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from engine import models
 from engine.db import Database
 from engine.jobs import bell
@@ -139,13 +141,19 @@ def test_a_listener_that_died_is_forgotten_by_the_next_ring(tmp_path: Path):
     bell.ring(tmp_path / "missing", bell.JOBS)  # no directory yet: nothing to wake
 
 
-def test_a_burst_is_spread_over_the_free_runs_of_every_live_worker(db: Database, tmp_path: Path):
+def burst_and_two_workers(db: Database) -> Store:
+    """50 creates ready, and two live workers "a" and "b" of 2 run slots each."""
     for vmid in range(1, 51):
         add_instance(db, vmid)
         add_job(db, vmid, JobKind.CREATE, age_s=1)
     store = Store(db)
     for name in ("a", "b"):
         store.register_worker(name, "here", os.getpid(), slots=2)
+    return store
+
+
+def test_a_burst_is_spread_over_the_free_runs_of_every_live_worker(db: Database, tmp_path: Path):
+    store = burst_and_two_workers(db)
     store.register_worker("silent", "there", 1, slots=8)
     with db.session() as session:
         session.get_one(models.Worker, "silent").heartbeat_at = utcnow() - timedelta(seconds=60)
@@ -156,3 +164,54 @@ def test_a_burst_is_spread_over_the_free_runs_of_every_live_worker(db: Database,
         assert claimed is not None
         sizes.append(len(claimed[1]))
     assert sizes == [13, 13, 12, 12]  # 4 free runs, then 3, 2, 1: the silent worker's 8 count for nothing
+
+
+def test_a_queue_claims_a_batch_for_each_free_run_of_every_worker_and_hands_each_over(db: Database, tmp_path: Path):
+    burst_and_two_workers(db)
+    handed: list[str] = []
+    hand_over = lambda _c, run_id: handed.append(run_id)  # noqa: E731
+    runs, wait_s = make_executor(db, tmp_path, worker_id="a").claim_for_queue(hand_over)
+    assert runs == handed and len(runs) == 4 and wait_s is None
+    with db.session() as session:
+        sizes = sorted(len([j for j in session.query(Job).all() if j.run_id == run]) for run in runs)
+    assert sizes == [12, 12, 13, 13]  # four free runs, then none: the rest waits for one to end
+    assert make_executor(db, tmp_path, worker_id="b").claim_for_queue(hand_over)[0] == []
+
+
+def test_a_queue_that_cannot_take_a_run_leaves_its_jobs_unclaimed(db: Database, tmp_path: Path):
+    add_instance(db, 1)
+    job_id = add_job(db, 1, JobKind.CREATE, age_s=1)
+    Store(db).register_worker("a", "here", os.getpid())
+
+    def refuse(_connection: object, run_id: str) -> None:
+        raise RuntimeError(f"the queue is down: {run_id}")
+
+    with pytest.raises(RuntimeError, match="the queue is down"):
+        make_executor(db, tmp_path, worker_id="a").claim_for_queue(refuse)
+    assert (job(db, job_id).state, job(db, job_id).run_id) == (JobState.PENDING, None), "the claim was rolled back"
+
+
+def test_jobs_waiting_for_their_batch_window_tell_the_queue_when_to_look_again(db: Database, tmp_path: Path):
+    add_instance(db, 1)
+    add_job(db, 1, JobKind.CREATE, age_s=0)
+    Store(db).register_worker("a", "here", os.getpid())
+    runs, wait_s = make_executor(db, tmp_path, worker_id="a", window=5.0).claim_for_queue(lambda _c, run_id: None)
+    assert runs == [] and wait_s is not None and 4.0 < wait_s <= 5.0
+
+
+def test_a_run_starts_on_the_worker_that_took_it_once_and_never_after_it_was_recovered(db: Database, tmp_path: Path):
+    for vmid in (1, 2):
+        add_instance(db, vmid)
+    Store(db).register_worker("dispatcher", "here", os.getpid(), slots=2)
+    create = add_job(db, 1, JobKind.CREATE, age_s=1)
+    reboot = add_job(db, 2, JobKind.REBOOT, age_s=1)
+    executor = make_executor(db, tmp_path, worker_id="dispatcher", parallel_runs=2)
+    [create_run, reboot_run] = executor.claim_for_queue(lambda _c, run_id: None)[0]
+    store = Store(db)
+    assert store.start_run(create_run, "runner") == [create]
+    assert job(db, create).worker_id == "runner"
+    assert store.recover_run(reboot_run, "its worker was lost") == 1
+    assert store.start_run(reboot_run, "runner") == [], "a recovered run does not start"
+    assert job(db, reboot).state == JobState.FAILED  # a reboot is not repeated
+    assert store.recover_run(create_run, "its worker was lost") == 1
+    assert (job(db, create).state, job(db, create).run_id) == (JobState.PENDING, None)
