@@ -97,6 +97,7 @@ class Processes:
         running_vms: int,
         root: Path = ROOT,
         service_env: dict[str, str] | None = None,
+        run_args: tuple[str, ...] = (),
     ) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
         self.sim_port = free_port()
@@ -158,7 +159,7 @@ class Processes:
             PROVISIONER_ADOPT_REFERENCE_VMS="true",
         ) | (service_env or {})
         self.service = subprocess.Popen(
-            [sys.executable, "-m", "provisioner.cli", "run"],  # the `provisioner` command, from `root`
+            [sys.executable, "-m", "provisioner.cli", "run", *run_args],  # the `provisioner` command, from `root`
             cwd=root,
             env=service_env,
             stdout=subprocess.DEVNULL,
@@ -319,31 +320,44 @@ def wait_all_active(client: httpx.Client, ids: list[str], started: float, timeou
         time.sleep(0.5)
 
 
-def scale_benchmark(creates: int, worker_counts: list[int]) -> None:
-    """`creates` concurrent creates to all ACTIVE, with each number of worker processes, on fresh services."""
-    results = {}
-    for workers in worker_counts:
-        with tempfile.TemporaryDirectory(prefix="provisioner-bench-scale-") as tmp:
-            procs = Processes(Path(tmp), 0.0, 0, service_env={"PROVISIONER_WORKERS": str(workers)})
-            client = httpx.Client(base_url=procs.base, headers={"X-Auth-Token": TOKEN}, timeout=120)
-            try:
-                started = time.perf_counter()
-                answers = asyncio.run(burst(procs.port, list(range(1000, 1000 + creates))))
-                ids = [json.loads(body)["id"] for _, _, status, body in answers if status == 201]
-                if len(ids) != creates:
-                    raise SystemExit(f"{creates - len(ids)} creates refused")
-                results[workers] = wait_all_active(client, ids, started)
-            finally:
-                client.close()
-                procs.stop()
-        print(f"{workers} worker process(es): {creates} creates all ACTIVE in {results[workers]:.1f} s", flush=True)
-    base = results[worker_counts[0]]
-    print(f"\n{creates} concurrent creates to all ACTIVE, time-scale 0 (ratio to {worker_counts[0]} worker)")
-    for workers, seconds in results.items():
-        print(f"  {workers} worker(s): {seconds:6.1f} s, ratio {seconds / base:.2f}")
+# The stores the scale benchmark compares: SQLite with the embedded queue, PostgreSQL (a server of the service's own,
+# `provisioner run --local-postgres`) with procrastinate.
+STORES = {"sqlite": (), "postgresql": ("--local-postgres",)}
+
+
+def scale_benchmark(creates: int, worker_counts: list[int], stores: list[str]) -> None:
+    """`creates` concurrent creates to all ACTIVE, with each store and number of worker processes, on fresh
+    services."""
+    results: dict[str, float] = {}
+    for store in stores:
+        for workers in worker_counts:
+            label = f"{store}, {workers} worker(s)"
+            results[label] = scale_once(creates, workers, STORES[store])
+            print(f"{label}: {creates} creates all ACTIVE in {results[label]:.1f} s", flush=True)
+    first = next(iter(results))
+    print(f"\n{creates} concurrent creates to all ACTIVE, time-scale 0 (ratio to {first})")
+    for label, seconds in results.items():
+        print(f"  {label:28} {seconds:6.1f} s, ratio {seconds / results[first]:.2f}")
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "scale.json").write_text(json.dumps({"creates": creates, "seconds": results}, indent=2), encoding="utf-8")
+
+
+def scale_once(creates: int, workers: int, run_args: tuple[str, ...]) -> float:
+    with tempfile.TemporaryDirectory(prefix="provisioner-bench-scale-") as tmp:
+        Path(tmp).chmod(0o711)  # as root, PostgreSQL's unprivileged user reaches its cluster beside the state directory
+        procs = Processes(Path(tmp), 0.0, 0, service_env={"PROVISIONER_WORKERS": str(workers)}, run_args=run_args)
+        client = httpx.Client(base_url=procs.base, headers={"X-Auth-Token": TOKEN}, timeout=120)
+        try:
+            started = time.perf_counter()
+            answers = asyncio.run(burst(procs.port, list(range(1000, 1000 + creates))))
+            ids = [json.loads(body)["id"] for _, _, status, body in answers if status == 201]
+            if len(ids) != creates:
+                raise SystemExit(f"{creates - len(ids)} creates refused")
+            return wait_all_active(client, ids, started)
+        finally:
+            client.close()
+            procs.stop()
 
 
 def wait_listed(client: httpx.Client, count: int, timeout: float = 120) -> None:
@@ -398,6 +412,7 @@ def main() -> None:
         help="one phase only: post (the POST burst), scale (--creates to all ACTIVE with each --workers count)",
     )
     parser.add_argument("--workers", default="1,2,4", help="with --only scale: worker process counts to compare")
+    parser.add_argument("--stores", default="sqlite", help="with --only scale: sqlite, postgresql or both (comma)")
     parser.add_argument("--repeat", type=int, default=3, help="with --only post: fresh services per tree")
     parser.add_argument("--against", metavar="REV", help="with --only post: also measure this git revision")
     parser.add_argument("--busy", action="store_true", help="with --only post: send the burst during a playbook run")
@@ -405,7 +420,7 @@ def main() -> None:
     if args.only == "post":
         post_benchmark(args.creates, args.repeat, args.against, args.busy)
     elif args.only == "scale":
-        scale_benchmark(args.creates, [int(n) for n in args.workers.split(",")])
+        scale_benchmark(args.creates, [int(n) for n in args.workers.split(",")], args.stores.split(","))
     else:
         full_benchmark(args)
 
