@@ -2,66 +2,56 @@
 
 from __future__ import annotations
 
-import hmac
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, status
-from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
-from starlette._utils import get_route_path
-from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.access import PREFIX, OperatorGuard, principal_of
 from engine.errors import NotFound, ProvisionerError
 from engine.flavours import FlavourSpec
 from engine.models import Job, JobState
 from engine.naming import MAX_VMID
 from engine.service import Provisioner
-
-PREFIX = "/v1"
+from engine.tokens import Principal
 
 
 def provisioner(request: Request) -> Provisioner:
     return request.app.state.provisioner  # type: ignore[no-any-return]
 
 
+class Forbidden(ProvisionerError):
+    status = 403
+    code = "forbidden"
+
+
+def admin(principal: Annotated[Principal, Depends(principal_of)]) -> Principal:
+    if not principal.is_admin:
+        raise Forbidden(f"token {principal.name!r} ({principal.role}) may not do this: it takes an admin token")
+    return principal
+
+
+def owner_scope(principal: Annotated[Principal, Depends(principal_of)]) -> str | None:
+    """Whose VMs (and their jobs) the caller sees and manages: an operator its own; an admin, and a viewer (reading
+    only), everyone's (None)."""
+    return principal.name if principal.role == "operator" else None
+
+
 ProvisionerDep = Annotated[Provisioner, Depends(provisioner)]
+OwnerDep = Annotated[str | None, Depends(owner_scope)]
 router = APIRouter(prefix=PREFIX, tags=["operator"])
+admin_router = APIRouter(prefix=PREFIX, tags=["operator"], dependencies=[Depends(admin)])
 health = APIRouter(tags=["health"])
 
 
 def install(app: FastAPI, token: str | None) -> None:
     """Add the /v1 routes behind their guard; `token` None disables authentication (explicit insecure development
-    mode)."""
-    if token is not None:
-        app.add_middleware(OperatorGuard, token=token)
+    mode: every caller is the built-in admin)."""
+    app.add_middleware(OperatorGuard, token=token)
     app.include_router(router)
-
-
-class OperatorGuard:
-    """Every /v1 request needs the operator token (`Authorization: Bearer <token>`, or `X-Auth-Token`) before
-    routing: a known path, an unknown one, a wrong method and a malformed body all answer the same 401, so an
-    unauthenticated caller learns nothing about the routes. A plain ASGI middleware, like VISA's guard."""
-
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app = app
-        self.expected = token.encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # The path the router matches, without the root path (see web_provider.http.VisaGuard).
-        path = get_route_path(scope) if scope["type"] == "http" else ""
-        if (path == PREFIX or path.startswith(PREFIX + "/")) and not self._authorised(Headers(scope=scope)):
-            body = {"code": "unauthorized", "message": "missing or invalid operator token (Authorization: Bearer …)"}
-            await JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-    def _authorised(self, headers: Headers) -> bool:
-        scheme, _, credentials = headers.get("authorization", "").partition(" ")
-        given = credentials if scheme.lower() == "bearer" else headers.get("x-auth-token", "")
-        return hmac.compare_digest(given.encode(), self.expected)
+    app.include_router(admin_router)
 
 
 class JobOut(BaseModel):
@@ -113,35 +103,38 @@ def job_out(job: Job) -> JobOut:
 @router.get("/jobs", response_model=list[JobOut])
 def list_jobs(
     service: ProvisionerDep,
+    owner: OwnerDep,
     state: JobState | None = None,
     instance_id: Annotated[int | None, Query(ge=0, le=MAX_VMID)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[JobOut]:
-    """Jobs, newest first."""
-    return [job_out(job) for job in service.jobs(state, instance_id, limit)]
+    """Jobs, newest first (an operator token's: of its own VMs)."""
+    return [job_out(job) for job in service.jobs(state, instance_id, limit, owner)]
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut)
-def get_job(job_id: str, service: ProvisionerDep) -> JobOut:
+def get_job(job_id: str, service: ProvisionerDep, owner: OwnerDep) -> JobOut:
     """One job."""
-    return job_out(service.job(job_id))
+    return job_out(service.job(job_id, owner))
 
 
 @router.get("/jobs/{job_id}/events", response_model=list[EventOut])
 def get_job_events(
     job_id: str,
     service: ProvisionerDep,
+    owner: OwnerDep,
     after: Annotated[int, Query(ge=-1, le=2**62)] = -1,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
 ) -> list[EventOut]:
     """The job's Ansible events in order (`after`: the last counter already seen)."""
-    return [EventOut.model_validate(row, from_attributes=True) for row in service.job_events(job_id, after, limit)]
+    rows = service.job_events(job_id, after, limit, owner)
+    return [EventOut.model_validate(row, from_attributes=True) for row in rows]
 
 
 @router.post("/jobs/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
-def cancel_job(job_id: str, service: ProvisionerDep) -> JobOut:
+def cancel_job(job_id: str, service: ProvisionerDep, owner: OwnerDep) -> JobOut:
     """Cancel: a pending job at once; a running one with its playbook run (once every job in the run asked)."""
-    job = service.cancel(job_id)
+    job = service.cancel(job_id, owner)
     if job is None:
         raise NotFound(f"job {job_id!r} does not exist")
     return job_out(job)
@@ -159,7 +152,7 @@ def get_flavours(service: ProvisionerDep) -> list[FlavourOut]:
     return [FlavourOut.model_validate(row, from_attributes=True) for row in service.flavours()]
 
 
-@router.put("/flavours/{flavour_id}", response_model=FlavourOut)
+@admin_router.put("/flavours/{flavour_id}", response_model=FlavourOut)
 def put_flavour(flavour_id: str, body: FlavourSpec, service: ProvisionerDep) -> FlavourOut:
     """Create or replace a flavour (the id in the body must match the path)."""
     if body.id != flavour_id:
@@ -167,11 +160,45 @@ def put_flavour(flavour_id: str, body: FlavourSpec, service: ProvisionerDep) -> 
     return FlavourOut.model_validate(service.put_flavour(body), from_attributes=True)
 
 
-@router.delete("/flavours/{flavour_id}", status_code=status.HTTP_204_NO_CONTENT)
+@admin_router.delete("/flavours/{flavour_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_flavour(flavour_id: str, service: ProvisionerDep) -> Response:
     """Remove a flavour (existing instances keep their size)."""
     service.delete_flavour(flavour_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+class AuditOut(BaseModel):
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target: str | None
+    params: dict[str, Any]
+    status: int
+    client: str | None
+
+
+class AuditPage(BaseModel):
+    entries: list[AuditOut]
+    next_before: int | None  # pass as `before` for the next (older) page; null on the last
+
+
+@admin_router.get("/audit", response_model=AuditPage)
+def get_audit(
+    service: ProvisionerDep,
+    actor: Annotated[str | None, Query(max_length=64)] = None,
+    action: Annotated[str | None, Query(max_length=64)] = None,
+    target: Annotated[str | None, Query(max_length=128)] = None,
+    since: datetime | None = None,
+    before: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> AuditPage:
+    """The audit log, newest first (admin): who did what to what, the parameters (secrets removed), the answer."""
+    rows = service.audit_entries(
+        actor=actor, action=action, target=target, since=since, before_id=before, limit=limit + 1
+    )
+    entries = [AuditOut.model_validate(row, from_attributes=True) for row in rows[:limit]]
+    return AuditPage(entries=entries, next_before=entries[-1].id if len(rows) > limit else None)
 
 
 @health.get("/healthz")

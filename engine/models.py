@@ -1,4 +1,5 @@
-"""Persistent state: instances, jobs, job events, workers, duties, flavours (SQLAlchemy 2 ORM)."""
+"""Persistent state: instances, jobs, job events, workers, duties, flavours, API tokens, the audit log (SQLAlchemy 2
+ORM)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,9 @@ class Base(DeclarativeBase):
         list[str]: JSON,
         datetime: DateTime(timezone=True),
     }
+
+
+VISA_OWNER = "visa"
 
 
 class Lifecycle(enum.StrEnum):
@@ -107,6 +111,8 @@ class Instance(Base):
     phoned_home_at: Mapped[datetime | None] = mapped_column(default=None)
     host_key: Mapped[str | None] = mapped_column(StoredText(), default=None)
     adopted: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Who may see and change it: VISA_OWNER for VISA's (and adopted) instances, else the API token's name.
+    owner: Mapped[str] = mapped_column(String(64), default=VISA_OWNER, server_default=VISA_OWNER, index=True)
     # Up, but the discovery registry did not take it yet: the reconciler registers it (a register job).
     registration_pending: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -185,3 +191,41 @@ class Flavour(Base):
     ram_mb: Mapped[int] = mapped_column(Integer)
     disk_gb: Mapped[int] = mapped_column(Integer)
     full_clone: Mapped[bool | None] = mapped_column(Boolean, default=None)
+
+
+class TokenRole(enum.StrEnum):
+    ADMIN = "admin"  # sees and manages everything, flavours, the audit log
+    OPERATOR = "operator"  # creates and manages its own VMs
+    VIEWER = "viewer"  # reads
+
+
+class ApiToken(Base):
+    """A /v1 API token: the store keeps its digest only (the token is shown once, when it is made)."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    max_vms: Mapped[int | None] = mapped_column(Integer, default=None)
+    max_vcpus: Mapped[int | None] = mapped_column(Integer, default=None)
+    max_memory_mb: Mapped[int | None] = mapped_column(Integer, default=None)
+    max_disk_gb: Mapped[int | None] = mapped_column(Integer, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class AuditEntry(Base):
+    """One action someone took: appended, never changed."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(64), index=True)  # a token's name, "visa", or "cli:<user>"
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str | None] = mapped_column(StoredText(128), default=None, index=True)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)  # secrets removed
+    status: Mapped[int] = mapped_column(Integer)  # the HTTP status answered (the CLI's: 200 or 4xx alike)
+    client: Mapped[str | None] = mapped_column(StoredText(64), default=None)  # the client's address

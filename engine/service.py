@@ -16,17 +16,19 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from engine import cloudinit
+from engine.audit import AuditLog, Entry
 from engine.capacity import building_reservations, instances_in_quota
 from engine.errors import BackendUnavailable, NotFound
 from engine.flavours import FlavourSpec, list_flavours, upsert_flavour
 from engine.intake import CreateIntake, CreateRequest, check_security_groups
 from engine.jobs.queue import JobQueue
-from engine.models import Flavour, Instance, Job, JobEvent, JobKind, JobState, Lifecycle, Worker, utcnow
+from engine.models import AuditEntry, Flavour, Instance, Job, JobEvent, JobKind, JobState, Lifecycle, Worker, utcnow
 from engine.naming import FLAVOUR_ID, JOB_ID, as_vmid, hostname
 from engine.proxmox import ClusterView, ProxmoxUnavailable, Snapshot
 from engine.seeds import SeedTokens
 from engine.settings import Settings
 from engine.store import Store, aware
+from engine.tokens import Principal, Tokens
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +77,16 @@ class Provisioner:
         self.site_keys = site_keys
         self.queue = queue  # the workers run the jobs this service records; told when there are new ones
         self.intake = CreateIntake(settings, store, seeds, cluster, site_keys, on_committed=queue.notify)
+        self.tokens = Tokens(store.db)
+        self.audit = AuditLog(store.db)
 
     def start(self) -> None:
+        self.audit.start()
         self.intake.start()
 
     def stop(self) -> None:
         self.intake.stop()
+        self.audit.stop()
 
     # ------------------------------------------------------------------ reads
 
@@ -112,13 +118,16 @@ class Provisioner:
         except ProxmoxUnavailable as exc:
             raise BackendUnavailable("Proxmox is unreachable") from exc
 
-    def views(self, instance_id: int | None = None) -> list[InstanceView]:
-        """Instances we manage (not deleted), with their job and Proxmox state; no Proxmox request."""
+    def views(self, instance_id: int | None = None, owner: str | None = None) -> list[InstanceView]:
+        """Instances we manage (not deleted; of `owner` when given), with their job and Proxmox state; no Proxmox
+        request."""
         snapshot = self.cluster.snapshot()
         with self.store.read() as session:
             query = select(Instance).where(Instance.lifecycle != Lifecycle.DELETED)
             if instance_id is not None:
                 query = query.where(Instance.id == instance_id)
+            if owner is not None:
+                query = query.where(Instance.owner == owner)
             instances = list(session.scalars(query.order_by(Instance.id)))
             jobs = self._open_jobs(session, [i.id for i in instances] if instance_id is not None else None)
         views = []
@@ -139,15 +148,15 @@ class Provisioner:
             )
         return views
 
-    def view(self, instance_id: str) -> InstanceView:
+    def view(self, instance_id: str, owner: str | None = None) -> InstanceView:
         vmid = as_vmid(instance_id)
-        found = self.views(vmid) if vmid is not None else []
+        found = self.views(vmid, owner) if vmid is not None else []
         if not found:
             raise NotFound(f"instance {instance_id!r} does not exist")
         return found[0]
 
-    def instance_security_groups(self, instance_id: str) -> list[str]:
-        return list(self.view(instance_id).instance.security_groups)
+    def instance_security_groups(self, instance_id: str, owner: str | None = None) -> list[str]:
+        return list(self.view(instance_id, owner).instance.security_groups)
 
     def metrics(self) -> dict[str, int]:
         """VISA's six limits: committed vCPUs and MB (not load), our instance quota and count."""
@@ -174,27 +183,27 @@ class Provisioner:
 
     # ------------------------------------------------------------- mutations
 
-    def delete(self, instance_id: str) -> Job:
+    def delete(self, instance_id: str, owner: str | None = None) -> Job:
         """Queue the deletion; asking again while one is queued returns it, after a failed one retries."""
-        job = self.store.request_delete(self._vmid(instance_id))
+        job = self.store.request_delete(self._vmid(instance_id), owner)
         self.queue.notify()
         return job
 
-    def power(self, instance_id: str, kind: JobKind) -> Job:
+    def power(self, instance_id: str, kind: JobKind, owner: str | None = None) -> Job:
         """Queue a power change; the same change already waiting is answered with that job."""
-        job = self.store.request_power(self._vmid(instance_id), kind)
+        job = self.store.request_power(self._vmid(instance_id), kind, owner)
         self.queue.notify()
         return job
 
-    def add_security_group(self, instance_id: str, group: str) -> Job | None:
+    def add_security_group(self, instance_id: str, group: str, owner: str | None = None) -> Job | None:
         self._check_groups([group])
-        return self._change_groups(instance_id, add=[group], remove=[])
+        return self._change_groups(instance_id, add=[group], remove=[], owner=owner)
 
-    def remove_security_group(self, instance_id: str, group: str) -> Job | None:
-        return self._change_groups(instance_id, add=[], remove=[group])
+    def remove_security_group(self, instance_id: str, group: str, owner: str | None = None) -> Job | None:
+        return self._change_groups(instance_id, add=[], remove=[group], owner=owner)
 
-    def _change_groups(self, instance_id: str, add: list[str], remove: list[str]) -> Job | None:
-        job = self.store.change_groups(self._vmid(instance_id), add, remove)
+    def _change_groups(self, instance_id: str, add: list[str], remove: list[str], owner: str | None) -> Job | None:
+        job = self.store.change_groups(self._vmid(instance_id), add, remove, owner)
         if job is not None:
             self.queue.notify()
         return job
@@ -224,9 +233,11 @@ class Provisioner:
     def record_phone_home(self, token: str, host_key: str | None) -> None:
         self.store.record_phone_home(self.seed_instance(token).id, host_key)
 
-    def jobs(self, state: JobState | None, instance_id: int | None, limit: int) -> list[Job]:
-        """Jobs, newest first, of a state and an instance when given."""
+    def jobs(self, state: JobState | None, instance_id: int | None, limit: int, owner: str | None = None) -> list[Job]:
+        """Jobs, newest first, of a state, an instance and the instances of an owner when given."""
         query = select(Job).order_by(Job.created_at.desc()).limit(limit)
+        if owner is not None:
+            query = query.join(Instance, Instance.id == Job.instance_id).where(Instance.owner == owner)
         if state is not None:
             query = query.where(Job.state == state)
         if instance_id is not None:
@@ -266,20 +277,19 @@ class Provisioner:
             query = select(func.count()).where(Worker.draining.is_(False), Worker.heartbeat_at >= cutoff)
             return int(session.scalar(query.select_from(Worker)) or 0)
 
-    def job(self, job_id: str) -> Job:
+    def job(self, job_id: str, owner: str | None = None) -> Job:
+        """One job (of an instance of `owner`'s when given)."""
         job_id = _known_form(JOB_ID, job_id, "job")
         with self.store.read() as session:
             job = session.get(Job, job_id)
-            if job is None:
+            if job is None or (owner is not None and session.get_one(Instance, job.instance_id).owner != owner):
                 raise NotFound(f"job {job_id!r} does not exist")
             return job
 
-    def job_events(self, job_id: str, after: int, limit: int) -> list[JobEvent]:
+    def job_events(self, job_id: str, after: int, limit: int, owner: str | None = None) -> list[JobEvent]:
         """The job's Ansible events with a counter above `after`, in order."""
-        job_id = _known_form(JOB_ID, job_id, "job")
+        job_id = self.job(job_id, owner).id
         with self.store.read() as session:
-            if session.get(Job, job_id) is None:
-                raise NotFound(f"job {job_id!r} does not exist")
             query = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.counter > after)
             return list(session.scalars(query.order_by(JobEvent.counter).limit(limit)))
 
@@ -301,11 +311,30 @@ class Provisioner:
         with self.store.read() as session:
             session.scalar(select(Job.id).limit(1))
 
-    def cancel(self, job_id: str) -> Job | None:
-        """Cancel a job: a pending one at once, a running one with its playbook run; None if there is no such job."""
+    def cancel(self, job_id: str, owner: str | None = None) -> Job | None:
+        """Cancel a job: a pending one at once, a running one with its playbook run; None if there is no such job (of
+        an instance of `owner`'s when given)."""
         if not JOB_ID.fullmatch(job_id):
             return None
+        if owner is not None:
+            try:
+                self.job(job_id, owner)
+            except NotFound:
+                return None
         return self.queue.cancel(job_id)
+
+    # ------------------------------------------------------------- access
+
+    def authenticate(self, token: str) -> Principal | None:
+        """The principal of a stored API token (engine/tokens.py); None if it is not one, or revoked."""
+        return self.tokens.authenticate(token)
+
+    async def record(self, entry: Entry) -> None:
+        """Append to the audit log (engine/audit.py)."""
+        await self.audit.record(entry)
+
+    def audit_entries(self, **filters: Any) -> list[AuditEntry]:
+        return self.audit.entries(**filters)
 
     # ------------------------------------------------------------- helpers
 

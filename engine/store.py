@@ -81,10 +81,11 @@ class Store:
 
     # ------------------------------------------------------------ intents
 
-    def request_delete(self, vmid: int | None) -> Job:
-        """DELETING, its pending jobs superseded, and a delete job; the open delete if there is one already."""
+    def request_delete(self, vmid: int | None, owner: str | None = None) -> Job:
+        """DELETING, its pending jobs superseded, and a delete job; the open delete if there is one already. With
+        owner, an instance of someone else's does not exist."""
         with self.db.write() as session:
-            instance = _instance(session, vmid, gone=(Lifecycle.DELETED,))
+            instance = _instance(session, vmid, gone=(Lifecycle.DELETED,), owner=owner)
             open_delete = session.scalar(_open_jobs(instance.id).where(Job.kind == JobKind.DELETE))
             if open_delete is not None:
                 return open_delete
@@ -94,11 +95,11 @@ class Store:
                 instance.delete_requested_at = utcnow()
             return _enqueue(session, instance.id, JobKind.DELETE, {}, max_attempts=KINDS[JobKind.DELETE].attempts)
 
-    def request_power(self, vmid: int | None, kind: JobKind) -> Job:
+    def request_power(self, vmid: int | None, kind: JobKind, owner: str | None = None) -> Job:
         """A power job; the same request already waiting (not yet running) is that job, not a second one."""
         assert kind in POWER_JOBS
         with self.db.write() as session:
-            instance = _instance(session, vmid)
+            instance = _instance(session, vmid, owner=owner)
             if instance.lifecycle == Lifecycle.BUILDING:
                 raise Conflict(f"instance {vmid} is still being built")
             pending = list(session.scalars(_open_jobs(instance.id).order_by(Job.created_at)))
@@ -106,10 +107,12 @@ class Store:
                 return pending[-1]
             return _enqueue(session, instance.id, kind, {})
 
-    def change_groups(self, vmid: int | None, add: list[str], remove: list[str]) -> Job | None:
+    def change_groups(
+        self, vmid: int | None, add: list[str], remove: list[str], owner: str | None = None
+    ) -> Job | None:
         """The instance's security groups, read and written under the write lock (concurrent changes both count)."""
         with self.db.write() as session:
-            instance = _instance(session, vmid, lock=True)
+            instance = _instance(session, vmid, lock=True, owner=owner)
             current = list(instance.security_groups)
             wanted = [g for g in current if g not in remove] + [g for g in add if g not in current]
             if wanted == current:
@@ -484,10 +487,11 @@ def _instance(
     vmid: int | None,
     gone: tuple[Lifecycle, ...] = (Lifecycle.DELETED, Lifecycle.DELETING),
     lock: bool = False,
+    owner: str | None = None,
 ) -> Instance:
     query = select(Instance).where(Instance.id == vmid)
     instance = session.scalar(query.with_for_update() if lock else query) if vmid is not None else None
-    if instance is None or instance.lifecycle in gone:
+    if instance is None or instance.lifecycle in gone or (owner is not None and instance.owner != owner):
         raise NotFound(f"instance {vmid!r} does not exist")
     return instance
 

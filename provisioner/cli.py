@@ -1,4 +1,4 @@
-"""`provisioner` command line: run the service or a worker, manage flavours."""
+"""`provisioner` command line: run the service or a worker, manage flavours and API tokens, read the audit log."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from engine.flavours import FlavourFileError, FlavourSpec, list_flavours, read_f
 from engine.models import Flavour
 from engine.settings import REFERENCE, Settings
 from engine.sshkeys import InvalidSSHKey
+from provisioner.client import add_client_arguments
 from provisioner.postgres import LocalPostgres, PostgresUnavailable, local_postgres_dir
 
 # The credentials `--dev-token` makes when the environment has none: setting, variable, file in the state directory.
@@ -284,6 +285,67 @@ def flavours(args: argparse.Namespace) -> None:
         database.dispose()
 
 
+def tokens(args: argparse.Namespace) -> None:
+    """API tokens for /v1 (the service's database): made, listed, revoked; each in the audit log."""
+    from engine.audit import AuditLog, Entry
+    from engine.errors import ProvisionerError
+    from engine.models import TokenRole
+    from engine.tokens import Quotas, Tokens
+
+    database = _database()
+    book, audit = Tokens(database), AuditLog(database)
+    actor = f"cli:{_login_name()}"
+    try:
+        if args.action == "create":
+            quotas = Quotas(args.max_vms, args.max_vcpus, args.max_memory_mb, args.max_disk_gb)
+            token = book.create(args.name, TokenRole(args.role), quotas)
+            params = {"role": args.role, **{k: v for k, v in vars(quotas).items() if v is not None}}
+            audit.record_now(Entry(actor, "create_token", f"token={args.name}", 201, params))
+            print(token)
+            print(f"token {args.name!r} ({args.role}): shown once, keep it now", file=sys.stderr)
+        elif args.action == "revoke":
+            book.revoke(args.name)
+            audit.record_now(Entry(actor, "revoke_token", f"token={args.name}", 200))
+            print(f"token {args.name!r} revoked", file=sys.stderr)
+        else:
+            for info in book.list():
+                limits = ", ".join(f"{k}={v}" for k, v in vars(info.quotas).items() if v is not None) or "no quota"
+                state = "revoked" if info.revoked else "active"
+                print(f"{info.name:<24} {info.role:<9} {state:<8} {info.created_at}  {limits}")
+    except ProvisionerError as exc:
+        print(exc.message, file=sys.stderr)
+        raise SystemExit(2 if exc.status < 500 else 1) from None
+    finally:
+        database.dispose()
+
+
+def _login_name() -> str:
+    try:
+        return os.getlogin()
+    except OSError:
+        return os.environ.get("USER") or str(os.getuid())
+
+
+def audit(args: argparse.Namespace) -> None:
+    """The audit log, newest first, from the service's API (an admin token)."""
+    from provisioner.client import ApiClient, ClientError
+
+    try:
+        client = ApiClient.from_args(args)
+        query = {k: v for k, v in (("actor", args.actor), ("action", args.action), ("target", args.target)) if v}
+        page = client.get("/v1/audit", params=query | {"limit": args.limit})
+    except ClientError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+    if args.json:
+        print(json.dumps(page["entries"], indent=2))
+        return
+    for entry in page["entries"]:
+        print(
+            f"{entry['at']}  {entry['actor']:<16} {entry['action']:<24} {entry['target'] or '-':<28} {entry['status']}"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="provisioner", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -326,6 +388,23 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser(
         "advertisement", help="print the advertisement this provider would post (Proxmox from PROXMOX_*)"
     ).set_defaults(func=advertisement)
+    token_parser = sub.add_parser("tokens", help="make, list or revoke /v1 API tokens (the service's database)")
+    token_actions = token_parser.add_subparsers(dest="action")
+    create_parser = token_actions.add_parser("create", help="make a token and print it (once)")
+    create_parser.add_argument("name")
+    create_parser.add_argument("--role", choices=["admin", "operator", "viewer"], required=True)
+    for quota in ("vms", "vcpus", "memory-mb", "disk-gb"):
+        create_parser.add_argument(f"--max-{quota}", type=int, default=None, metavar="N")
+    token_actions.add_parser("revoke", help="stop a token working, at once").add_argument("name")
+    token_actions.add_parser("list", help="list the tokens (never the tokens themselves)")
+    token_parser.set_defaults(func=tokens, action="list")
+    audit_parser = sub.add_parser("audit", help="the audit log, newest first (over the HTTP API, an admin token)")
+    add_client_arguments(audit_parser)
+    audit_parser.add_argument("--actor")
+    audit_parser.add_argument("--action")
+    audit_parser.add_argument("--target")
+    audit_parser.add_argument("--limit", type=int, default=50)
+    audit_parser.set_defaults(func=audit)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from starlette.types import Lifespan
 
 from api import operator, seed
+from api.access import AuditTrail
 from common.files import make_private_dir, write_private
 from discovery.client import RegistryClient
 from discovery.server import RegistryHandle, start_registry
@@ -268,6 +269,7 @@ def build_app(settings: Settings, lifespan: Lifespan[FastAPI] | None = None) -> 
         title="Proxmox provisioner", version="0.1.0", lifespan=lifespan, docs_url="/docs", openapi_url="/openapi.json"
     )
     visa_http.install_error_handlers(app)
+    app.add_middleware(AuditTrail)  # innermost: inside the guards, so it sees who the caller is
     visa_http.install(app, settings.auth_token.get_secret_value() if settings.auth_token else None)
     if settings.operator_api:
         operator.install(app, settings.operator_token.get_secret_value() if settings.operator_token else None)

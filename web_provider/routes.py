@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request, status
 
 from engine.intake import CreateRequest
 from engine.jobs.kinds import DELETE_FAULT
-from engine.models import Flavour, JobKind
+from engine.models import VISA_OWNER, Flavour, JobKind
 from engine.proxmox import VmInfo
 from engine.service import InstanceView, Provisioner
 from web_provider.schemas import (
@@ -138,13 +138,13 @@ def get_metrics(service: ProvisionerDep) -> MetricsOut:
 @router.get("/instances", response_model=list[InstanceOut])
 def list_instances(service: ProvisionerDep) -> list[InstanceOut]:
     """Every instance this provider manages."""
-    return [instance_out(view) for view in service.views()]
+    return [instance_out(view) for view in service.views(owner=VISA_OWNER)]
 
 
 @router.get("/instances/identifiers", response_model=list[IdentifierOut])
 def list_identifiers(service: ProvisionerDep) -> list[IdentifierOut]:
     """A bare array of {id, name} for the instances this provider manages (VISA's zombie cleanup)."""
-    return [IdentifierOut(id=str(v.instance.id), name=v.instance.name) for v in service.views()]
+    return [IdentifierOut(id=str(v.instance.id), name=v.instance.name) for v in service.views(owner=VISA_OWNER)]
 
 
 @router.post("/instances", status_code=status.HTTP_201_CREATED, response_model=CreatedOut)
@@ -166,19 +166,19 @@ async def create_instance(body: InstanceCreate, service: ProvisionerDep) -> Crea
 @router.get("/instances/{instance_id}", response_model=InstanceOut)
 def get_instance(instance_id: str, service: ProvisionerDep) -> InstanceOut:
     """One instance; 404 only when it truly does not exist."""
-    return instance_out(service.view(instance_id))
+    return instance_out(service.view(instance_id, VISA_OWNER))
 
 
 @router.delete("/instances/{instance_id}", response_model=MessageOut)
 def delete_instance(instance_id: str, service: ProvisionerDep) -> MessageOut:
     """Delete the VM whatever its power state (stopped first if needed); the job finishes it."""
-    service.delete(instance_id)
+    service.delete(instance_id, VISA_OWNER)
     return MessageOut(message="instance deletion accepted")
 
 
 def _power(kind: JobKind, verb: str):  # type: ignore[no-untyped-def]
     def action(instance_id: str, service: ProvisionerDep) -> MessageOut:
-        service.power(instance_id, kind)
+        service.power(instance_id, kind, VISA_OWNER)
         return MessageOut(message=f"instance {verb} accepted")
 
     action.__doc__ = f"{verb.capitalize()} the instance (no body); the state shows the transition."
@@ -211,20 +211,20 @@ router.add_api_route(
 @router.get("/instances/{instance_id}/security_groups", response_model=list[str])
 def get_instance_security_groups(instance_id: str, service: ProvisionerDep) -> list[str]:
     """The security groups of one instance."""
-    return service.instance_security_groups(instance_id)
+    return service.instance_security_groups(instance_id, VISA_OWNER)
 
 
 @router.post("/instances/{instance_id}/security_groups", response_model=MessageOut)
 def add_instance_security_group(instance_id: str, body: SecurityGroupBody, service: ProvisionerDep) -> MessageOut:
     """Add a security group ({"name": ...})."""
-    service.add_security_group(instance_id, body.name)
+    service.add_security_group(instance_id, body.name, VISA_OWNER)
     return MessageOut(message=f"security group {body.name} added")
 
 
 @router.post("/instances/{instance_id}/security_groups/remove", response_model=MessageOut)
 def remove_instance_security_group(instance_id: str, body: SecurityGroupBody, service: ProvisionerDep) -> MessageOut:
     """Remove a security group ({"name": ...}); a POST, as VISA sends it."""
-    service.remove_security_group(instance_id, body.name)
+    service.remove_security_group(instance_id, body.name, VISA_OWNER)
     return MessageOut(message=f"security group {body.name} removed")
 
 

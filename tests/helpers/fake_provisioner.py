@@ -5,13 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from engine.audit import Entry
 from engine.errors import NotFound
 from engine.flavours import FlavourSpec
 from engine.intake import CreateRequest
-from engine.models import Flavour, Instance, Job, JobEvent, JobKind, JobState, Lifecycle
+from engine.models import VISA_OWNER, AuditEntry, Flavour, Instance, Job, JobEvent, JobKind, JobState, Lifecycle
 from engine.naming import as_vmid
 from engine.proxmox import NodeInfo, Snapshot, VmInfo
 from engine.service import InstanceView, WorkerView
+from engine.tokens import Principal
 
 GiB = 1024**3
 CREATED = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
@@ -44,6 +46,7 @@ def instance_view(
         "created_at": CREATED,
         "updated_at": CREATED,
         "delete_requested_at": None,
+        "owner": VISA_OWNER,
     }
     instance = Instance(**(values | fields))
     return InstanceView(
@@ -137,22 +140,29 @@ class FakeProvisioner:
         self.events: dict[str, list[JobEvent]] = {}
         self.next_vmid = 100123
         self.cluster = FakeCluster()
+        self.principals: dict[str, Principal] = {}  # stored tokens, by token
+        self.audit: list[Entry] = []
 
     def _call(self, name: str, *args: Any) -> None:
         self.calls.append((name, *args))
         if self.failure is not None:
             raise self.failure
 
-    def _view(self, instance_id: str) -> InstanceView:
+    def _view(self, instance_id: str, owner: str | None = None) -> InstanceView:
         vmid = as_vmid(instance_id)
-        if vmid is None or vmid not in self.instances:
+        if vmid is None or vmid not in self.instances or not self._owned(self.instances[vmid], owner):
             raise NotFound(f"instance {instance_id!r} does not exist")
         return self.instances[vmid]
 
-    def _job(self, job_id: str) -> Job:
-        if job_id not in self.job_rows:
+    @staticmethod
+    def _owned(view: InstanceView, owner: str | None) -> bool:
+        return owner is None or view.instance.owner == owner
+
+    def _job(self, job_id: str, owner: str | None = None) -> Job:
+        job = self.job_rows.get(job_id)
+        if job is None or (owner is not None and not self._owned(self.instances[job.instance_id], owner)):
             raise NotFound(f"job {job_id!r} does not exist")
-        return self.job_rows[job_id]
+        return job
 
     # --- VISA
 
@@ -185,46 +195,48 @@ class FakeProvisioner:
         self._call("metrics")
         return self.limits
 
-    def views(self) -> list[InstanceView]:
-        self._call("views")
-        return list(self.instances.values())
+    def views(self, owner: str | None = None) -> list[InstanceView]:
+        self._call("views", owner)
+        return [view for view in self.instances.values() if self._owned(view, owner)]
 
-    def view(self, instance_id: str) -> InstanceView:
-        self._call("view", instance_id)
-        return self._view(instance_id)
+    def view(self, instance_id: str, owner: str | None = None) -> InstanceView:
+        self._call("view", instance_id, owner)
+        return self._view(instance_id, owner)
 
-    def instance_security_groups(self, instance_id: str) -> list[str]:
-        self._call("instance_security_groups", instance_id)
-        return list(self._view(instance_id).instance.security_groups)
+    def instance_security_groups(self, instance_id: str, owner: str | None = None) -> list[str]:
+        self._call("instance_security_groups", instance_id, owner)
+        return list(self._view(instance_id, owner).instance.security_groups)
 
     async def create(self, request: CreateRequest) -> int:
         self._call("create", request)
         return self.next_vmid
 
-    def delete(self, instance_id: str) -> None:
-        self._call("delete", instance_id)
-        self._view(instance_id)
+    def delete(self, instance_id: str, owner: str | None = None) -> None:
+        self._call("delete", instance_id, owner)
+        self._view(instance_id, owner)
 
-    def power(self, instance_id: str, kind: JobKind) -> None:
-        self._call("power", instance_id, kind)
-        self._view(instance_id)
+    def power(self, instance_id: str, kind: JobKind, owner: str | None = None) -> None:
+        self._call("power", instance_id, kind, owner)
+        self._view(instance_id, owner)
 
-    def add_security_group(self, instance_id: str, group: str) -> None:
-        self._call("add_security_group", instance_id, group)
-        self._view(instance_id)
+    def add_security_group(self, instance_id: str, group: str, owner: str | None = None) -> None:
+        self._call("add_security_group", instance_id, group, owner)
+        self._view(instance_id, owner)
 
-    def remove_security_group(self, instance_id: str, group: str) -> None:
-        self._call("remove_security_group", instance_id, group)
-        self._view(instance_id)
+    def remove_security_group(self, instance_id: str, group: str, owner: str | None = None) -> None:
+        self._call("remove_security_group", instance_id, group, owner)
+        self._view(instance_id, owner)
 
     # --- operator
 
-    def jobs(self, state: JobState | None, instance_id: int | None, limit: int) -> list[Job]:
-        self._call("jobs", state, instance_id, limit)
+    def jobs(self, state: JobState | None, instance_id: int | None, limit: int, owner: str | None = None) -> list[Job]:
+        self._call("jobs", state, instance_id, limit, owner)
         wanted = [
             j
             for j in self.job_rows.values()
-            if (state is None or j.state == state) and (instance_id is None or j.instance_id == instance_id)
+            if (state is None or j.state == state)
+            and (instance_id is None or j.instance_id == instance_id)
+            and (owner is None or self._owned(self.instances[j.instance_id], owner))
         ]
         return wanted[:limit]
 
@@ -235,18 +247,53 @@ class FakeProvisioner:
         self._call("workers")
         return list(self.worker_rows)
 
-    def job(self, job_id: str) -> Job:
-        self._call("job", job_id)
-        return self._job(job_id)
+    def job(self, job_id: str, owner: str | None = None) -> Job:
+        self._call("job", job_id, owner)
+        return self._job(job_id, owner)
 
-    def job_events(self, job_id: str, after: int, limit: int) -> list[JobEvent]:
-        self._call("job_events", job_id, after, limit)
-        self._job(job_id)
+    def job_events(self, job_id: str, after: int, limit: int, owner: str | None = None) -> list[JobEvent]:
+        self._call("job_events", job_id, after, limit, owner)
+        self._job(job_id, owner)
         return [e for e in self.events.get(job_id, []) if e.counter > after][:limit]
 
-    def cancel(self, job_id: str) -> Job | None:
-        self._call("cancel", job_id)
-        return self.job_rows.get(job_id)
+    def cancel(self, job_id: str, owner: str | None = None) -> Job | None:
+        self._call("cancel", job_id, owner)
+        try:
+            return self._job(job_id, owner)
+        except NotFound:
+            return None
+
+    # --- access
+
+    def authenticate(self, token: str) -> Principal | None:
+        return self.principals.get(token)
+
+    async def record(self, entry: Entry) -> None:
+        self.audit.append(entry)
+
+    def audit_entries(self, **filters: Any) -> list[AuditEntry]:
+        self._call("audit_entries", filters)
+        rows = [
+            AuditEntry(
+                id=n,
+                at=e.at,
+                actor=e.actor,
+                action=e.action,
+                target=e.target,
+                params=e.params,
+                status=e.status,
+                client=e.client,
+            )
+            for n, e in enumerate(self.audit, start=1)
+        ]
+        before = filters.get("before_id")
+        wanted = [
+            r
+            for r in reversed(rows)
+            if (before is None or r.id < before)
+            and all(filters.get(k) in (None, getattr(r, k)) for k in ("actor", "action", "target"))
+        ]
+        return wanted[: filters.get("limit", 100)]
 
     def put_flavour(self, spec: FlavourSpec) -> Flavour:
         self._call("put_flavour", spec)

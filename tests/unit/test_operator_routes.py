@@ -73,7 +73,7 @@ def test_the_operator_token_opens_only_the_operator_api(operator_client: TestCli
     assert operator_client.get("/v1/flavours").status_code == 200
     assert operator_client.get("/api/flavours").status_code == 401
     assert operator_client.get("/v1/jobs", headers={"Authorization": "", "X-Auth-Token": OPERATOR_TOKEN}).is_success
-    assert fake.calls == [("flavours",), ("jobs", None, None, 100)]
+    assert fake.calls == [("flavours",), ("jobs", None, None, 100, None)]
 
 
 def test_jobs_are_listed_with_their_whole_record_and_the_filters_are_passed_on(
@@ -83,7 +83,7 @@ def test_jobs_are_listed_with_their_whole_record_and_the_filters_are_passed_on(
     assert listed.status_code == 200 and listed.json()[0] == CREATE_JOB and len(listed.json()) == 2
     running = operator_client.get("/v1/jobs", params={"state": "running", "instance_id": 100002, "limit": 5})
     assert [j["id"] for j in running.json()] == ["j-start"]
-    assert jobs.calls == [("jobs", None, None, 100), ("jobs", JobState.RUNNING, 100002, 5)]
+    assert jobs.calls == [("jobs", None, None, 100, None), ("jobs", JobState.RUNNING, 100002, 5, None)]
 
 
 def test_workers_are_listed_with_their_heartbeat_and_running_jobs(operator_client: TestClient, fake: FakeProvisioner):
@@ -130,7 +130,11 @@ def test_one_job_and_its_events_in_order_after_a_counter(operator_client: TestCl
     }
     later = operator_client.get(f"/v1/jobs/{JOB_ID}/events", params={"after": 1, "limit": 1}).json()
     assert [e["counter"] for e in later] == [2]
-    assert jobs.calls == [("job", JOB_ID), ("job_events", JOB_ID, -1, 1000), ("job_events", JOB_ID, 1, 1)]
+    assert jobs.calls == [
+        ("job", JOB_ID, None),
+        ("job_events", JOB_ID, -1, 1000, None),
+        ("job_events", JOB_ID, 1, 1, None),
+    ]
 
 
 @pytest.mark.usefixtures("jobs")
@@ -148,7 +152,7 @@ def test_cancel_answers_202_with_the_job_and_404_for_an_unknown_one(operator_cli
     unknown = operator_client.post("/v1/jobs/no-such-job/cancel")
     assert unknown.status_code == 404
     assert unknown.json() == {"code": "not_found", "message": "job 'no-such-job' does not exist"}
-    assert jobs.calls == [("cancel", "j-start"), ("cancel", "no-such-job")]
+    assert jobs.calls == [("cancel", "j-start", None), ("cancel", "no-such-job", None)]
 
 
 def test_flavours_are_listed_replaced_and_deleted(operator_client: TestClient):

@@ -69,7 +69,7 @@ def test_list_get_and_identifiers_have_visas_exact_shapes(visa_client: TestClien
     assert visa_client.get("/api/instances").json() == [ACTIVE]
     assert visa_client.get("/api/instances/100001").json() == ACTIVE
     assert visa_client.get("/api/instances/identifiers").json() == [{"id": "100001", "name": "VISA-INSTANCE-100001"}]
-    assert one_instance.calls == [("views",), ("view", "100001"), ("views",)]
+    assert one_instance.calls == [("views", "visa"), ("view", "100001", "visa"), ("views", "visa")]
 
 
 def test_visa_s_twelve_states_are_the_uppercase_ones_we_send():
@@ -302,12 +302,12 @@ def test_changes_to_an_instance_are_accepted_with_a_message(visa_client: TestCli
         response = visa_client.request(method, path, json={"name": group} if group else None)
         assert (response.status_code, response.json()) == (200, {"message": message}), path
     assert one_instance.calls == [
-        ("power", "100001", JobKind.START),
-        ("power", "100001", JobKind.SHUTDOWN),
-        ("power", "100001", JobKind.REBOOT),
-        ("add_security_group", "100001", "ssh"),
-        ("remove_security_group", "100001", "web"),
-        ("delete", "100001"),
+        ("power", "100001", JobKind.START, "visa"),
+        ("power", "100001", JobKind.SHUTDOWN, "visa"),
+        ("power", "100001", JobKind.REBOOT, "visa"),
+        ("add_security_group", "100001", "ssh", "visa"),
+        ("remove_security_group", "100001", "web", "visa"),
+        ("delete", "100001", "visa"),
     ]
 
 
@@ -318,7 +318,7 @@ def test_an_instance_s_groups_are_plain_strings_and_a_change_needs_a_name(
     for body in ({}, {"name": ""}, {"name": ["web"]}):
         response = visa_client.post("/api/instances/100001/security_groups", json=body)
         assert (response.status_code, response.json()["code"]) == (400, "invalid_request")
-    assert one_instance.calls == [("instance_security_groups", "100001")]
+    assert one_instance.calls == [("instance_security_groups", "100001", "visa")]
 
 
 # --- catalogue
