@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, status
@@ -10,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from api.access import PREFIX, OperatorGuard, principal_of
+from common.validators import UtcDateTime
 from engine.errors import NotFound, ProvisionerError
 from engine.flavours import FlavourSpec
 from engine.models import Job, JobState
@@ -64,9 +64,9 @@ class JobOut(BaseModel):
     cancel_requested: bool
     result: dict[str, Any]
     error: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UtcDateTime
+    started_at: UtcDateTime | None
+    finished_at: UtcDateTime | None
     worker_id: str | None = None  # the worker that claimed it last
     run_id: str | None = None  # its playbook run (artifacts in <state dir>/runs/<run_id>/), while it has one
 
@@ -76,8 +76,8 @@ class WorkerOut(BaseModel):
     host: str
     pid: int
     slots: int  # playbook runs at once (PROVISIONER_MAX_PARALLEL_RUNS)
-    started_at: datetime
-    heartbeat_at: datetime
+    started_at: UtcDateTime
+    heartbeat_at: UtcDateTime
     draining: bool
     running_jobs: int
 
@@ -89,7 +89,7 @@ class EventOut(BaseModel):
     changed: bool
     stdout: str
     data: dict[str, Any]
-    created_at: datetime
+    created_at: UtcDateTime
 
 
 class FlavourOut(FlavourSpec):
@@ -169,7 +169,7 @@ def delete_flavour(flavour_id: str, service: ProvisionerDep) -> Response:
 
 class AuditOut(BaseModel):
     id: int
-    at: datetime
+    at: UtcDateTime
     actor: str
     action: str
     target: str | None
@@ -189,7 +189,7 @@ def get_audit(
     actor: Annotated[str | None, Query(max_length=64)] = None,
     action: Annotated[str | None, Query(max_length=64)] = None,
     target: Annotated[str | None, Query(max_length=128)] = None,
-    since: datetime | None = None,
+    since: UtcDateTime | None = None,
     before: Annotated[int | None, Query(ge=1, le=2**62)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> AuditPage:

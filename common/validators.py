@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from datetime import UTC, datetime
 from typing import Annotated
 
 from iso3166 import countries_by_alpha2
@@ -23,6 +24,15 @@ def no_nul(value: str) -> str:
 
 # A string an API accepts: no NUL characters (a 400 at the door instead of a 500 from the database).
 Text = Annotated[str, AfterValidator(no_nul)]
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite gives back naive datetimes for timezone-aware columns; they were stored as UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+# A datetime in a response: always with its time zone (RFC 3339), whichever database it came from.
+UtcDateTime = Annotated[datetime, AfterValidator(as_utc)]
 
 
 def country_code(value: str) -> str:

@@ -9,11 +9,12 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from engine.errors import NoCapacityError, QuotaExceeded
+from engine.errors import NoCapacityError, QuotaExceeded, QuotaLimit
 from engine.models import Instance, Lifecycle
 from engine.placement import NoCapacity, Request, Reservation, choose_node, node_loads, place
 from engine.proxmox import Snapshot
 from engine.settings import Settings
+from engine.tokens import Quotas
 from engine.vmids import VmidAllocator
 
 ACTIVE_LIFECYCLES = (Lifecycle.BUILDING, Lifecycle.PROVISIONED, Lifecycle.ERROR)  # what the quota counts
@@ -61,3 +62,42 @@ class Capacity:
         place(self._loads, reservation)
         self._used += 1
         return reservation
+
+
+class OwnerUsage:
+    """What each owner's VMs hold (the quota's lifecycles), read once per owner and group, plus the group's earlier
+    creates; a create over its owner's quota is refused naming the limit."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._used: dict[str, list[int]] = {}  # owner: [vms, vcpus, memory_mb, disk_gb]
+
+    def check(self, owner: str, quotas: Quotas, cpus: int, memory_mb: int, disk_gb: int) -> None:
+        used = self._of(owner)
+        limits = (
+            ("vms", quotas.max_vms, used[0] + 1, "VMs"),
+            ("vcpus", quotas.max_vcpus, used[1] + cpus, "vCPUs"),
+            ("memory_mb", quotas.max_memory_mb, used[2] + memory_mb, "MB of memory"),
+            ("disk_gb", quotas.max_disk_gb, used[3] + disk_gb, "GB of disk"),
+        )
+        for name, limit, wanted, unit in limits:
+            if limit is not None and wanted > limit:
+                raise QuotaLimit(name, f"{owner!r} may hold {limit} {unit}; this VM would make it {wanted}")
+
+    def add(self, owner: str, cpus: int, memory_mb: int, disk_gb: int) -> None:
+        used = self._of(owner)
+        for index, amount in enumerate((1, cpus, memory_mb, disk_gb)):
+            used[index] += amount
+
+    def _of(self, owner: str) -> list[int]:
+        if owner not in self._used:
+            row = self._session.execute(
+                select(
+                    func.count(Instance.id),
+                    func.coalesce(func.sum(Instance.cores), 0),
+                    func.coalesce(func.sum(Instance.memory_mb), 0),
+                    func.coalesce(func.sum(Instance.disk_gb), 0),
+                ).where(Instance.owner == owner, Instance.lifecycle.in_(ACTIVE_LIFECYCLES))
+            ).one()
+            self._used[owner] = [int(value) for value in row]
+        return self._used[owner]

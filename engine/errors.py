@@ -47,6 +47,21 @@ class QuotaExceeded(ProvisionerError):
     code = "quota_exceeded"
 
 
+class QuotaLimit(ProvisionerError):
+    """A token's own quota (engine/tokens.py): its code names the limit (quota_vms, quota_vcpus, …)."""
+
+    status = 403
+
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(message)
+        self.code = f"quota_{limit}"
+
+
+class IdempotencyConflict(ProvisionerError):
+    status = 409
+    code = "idempotency_conflict"
+
+
 class Conflict(ProvisionerError):
     status = 409
     code = "conflict"

@@ -12,16 +12,18 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from engine.capacity import Capacity
+from engine.capacity import Capacity, OwnerUsage
 from engine.errors import (
     BackendUnavailable,
+    IdempotencyConflict,
     InvalidSSHKeyError,
     ProvisionerError,
     StoreUnavailable,
@@ -32,7 +34,7 @@ from engine.errors import (
 )
 from engine.group_commit import GroupCommitter
 from engine.jobs.kinds import KINDS
-from engine.models import Flavour, JobKind, JobState, Lifecycle
+from engine.models import VISA_OWNER, Flavour, IdempotencyKey, JobKind, JobState, Lifecycle
 from engine.naming import as_vmid, vm_name
 from engine.placement import GiB, Request, Reservation
 from engine.proxmox import ClusterView, ProxmoxUnavailable, Snapshot, VmInfo
@@ -40,6 +42,7 @@ from engine.seeds import SeedTokens
 from engine.settings import Settings
 from engine.sshkeys import InvalidSSHKey, normalise_key
 from engine.store import Store
+from engine.tokens import Quotas
 from engine.vmids import VmidAllocator
 
 log = logging.getLogger(__name__)
@@ -47,14 +50,31 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+CUSTOM_FLAVOUR = "custom"  # the flavour id of a VM made with raw resources
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: int
+    memory_mb: int
+    disk_gb: int
+
+
 @dataclass(frozen=True)
 class CreateRequest:
     name: str
-    image_id: str
+    image_id: str  # a template's VMID, or (operator VMs) its name
     flavour_id: str
     security_groups: list[str]
     metadata: dict[str, str | None]
     boot_command: str | None
+    owner: str = VISA_OWNER
+    resources: Resources | None = None  # instead of the flavour's (flavour_id is then CUSTOM_FLAVOUR)
+    ssh_keys: tuple[str, ...] = ()  # the caller's own, beside the site's
+    login_user: str | None = None  # cloud-init's user; None: the site's
+    expires_at: datetime | None = None  # its lease
+    quotas: Quotas = field(default_factory=Quotas)  # the owner's
+    idempotency: tuple[str, str] | None = None  # (Idempotency-Key, digest of the body)
 
 
 @dataclass(frozen=True)
@@ -126,14 +146,24 @@ class CreateIntake:
         wanted = {r.flavour_id for r in requests}
         flavours = {f.id: f for f in session.scalars(select(Flavour).where(Flavour.id.in_(wanted)))}
         capacity: Capacity | None = None
+        usage = OwnerUsage(session)
+        replays = Replays(session)
         outcomes: list[int | ProvisionerError] = []
         instances: list[dict[str, Any]] = []
         jobs: list[dict[str, Any]] = []
         for request in requests:
             try:
+                replayed = replays.earlier(request)
+                if replayed is not None:
+                    outcomes.append(replayed)
+                    continue
                 valid = self._validate(request, flavours, proxmox)
+                disk_gb = instance_disk_gb(valid)
+                usage.check(request.owner, request.quotas, valid.flavour.cpus, valid.flavour.ram_mb, disk_gb)
                 capacity = capacity or Capacity(session, proxmox.snapshot(), self._settings, self._vmids)
                 reservation = capacity.reserve(Request(valid.flavour.cpus, valid.flavour.ram_mb, valid.allowed_nodes))
+                usage.add(request.owner, valid.flavour.cpus, valid.flavour.ram_mb, disk_gb)
+                replays.add(request, reservation.vmid)
             except ProvisionerError as exc:
                 outcomes.append(exc)
                 continue
@@ -144,17 +174,17 @@ class CreateIntake:
             instances.append(instance_row(valid, reservation, self._seeds.new(reservation.vmid)))
             jobs.append(create_job_row(valid, reservation.vmid))
             outcomes.append(reservation.vmid)
+        replays.store()
         return outcomes, instances, jobs
 
     def _validate(self, request: CreateRequest, flavours: dict[str, Flavour], proxmox: GroupReads) -> ValidCreate:
-        flavour = flavours.get(request.flavour_id)
-        if flavour is None:
-            raise UnknownFlavour(f"flavour {request.flavour_id!r} does not exist")
+        flavour = _flavour(request, flavours)
         snapshot = proxmox.snapshot()
         template = _template(snapshot, request.image_id)
         if request.security_groups:
             check_security_groups(request.security_groups, proxmox.security_groups())
         keys = self._instance_keys(request.metadata)
+        keys += [key for key in dict.fromkeys(request.ssh_keys) if key not in keys]
         full_clone = flavour.full_clone if flavour.full_clone is not None else self._settings.full_clone
         leaves = self._clone_can_leave_node(proxmox, snapshot, template, full_clone)
         return ValidCreate(request, flavour, template, keys, full_clone, None if leaves else frozenset({template.node}))
@@ -230,9 +260,65 @@ def _describe(exc: SQLAlchemyError) -> str:
 def _template(snapshot: Snapshot, image_id: str) -> VmInfo:
     vmid = as_vmid(image_id)
     template = snapshot.vms.get(vmid) if vmid is not None else None
+    if template is None:
+        named = [vm for vm in snapshot.vms.values() if vm.template and vm.name == image_id]
+        template = named[0] if len(named) == 1 else None
     if template is None or not template.template:
-        raise UnknownImage(f"image {image_id!r} does not exist")
+        known = sorted(f"{vm.vmid} ({vm.name})" for vm in snapshot.vms.values() if vm.template)
+        raise UnknownImage(f"image {image_id!r} does not exist; the images are: {', '.join(known) or 'none'}")
     return template
+
+
+def _flavour(request: CreateRequest, flavours: dict[str, Flavour]) -> Flavour:
+    if request.resources is not None:
+        size = request.resources
+        label = request.flavour_id or CUSTOM_FLAVOUR  # a size's name, or CUSTOM_FLAVOUR
+        return Flavour(id=label, name=label, cpus=size.cpus, ram_mb=size.memory_mb, disk_gb=size.disk_gb)
+    flavour = flavours.get(request.flavour_id)
+    if flavour is None:
+        raise UnknownFlavour(f"flavour {request.flavour_id!r} does not exist")
+    return flavour
+
+
+def instance_disk_gb(valid: ValidCreate) -> int:
+    """The flavour's disk, or the template's if that is larger (a clone never shrinks)."""
+    return max(valid.flavour.disk_gb, -(-valid.template.maxdisk // GiB))
+
+
+class Replays:
+    """The creates of a group sent with an Idempotency-Key: the same key and body again is the VM made the first time
+    (committed, or earlier in this group); another body under the same key is refused."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._new: dict[tuple[str, str], tuple[str, int]] = {}
+
+    def earlier(self, request: CreateRequest) -> int | None:
+        if request.idempotency is None:
+            return None
+        key, digest = request.idempotency
+        seen = self._new.get((request.owner, key))
+        if seen is None:
+            row = self._session.get(IdempotencyKey, (request.owner, key))
+            seen = (row.body_hash, row.instance_id) if row is not None else None
+        if seen is None:
+            return None
+        if seen[0] != digest:
+            raise IdempotencyConflict(f"Idempotency-Key {key!r} was used with another request body")
+        return seen[1]
+
+    def add(self, request: CreateRequest, vmid: int) -> None:
+        if request.idempotency is not None:
+            key, digest = request.idempotency
+            self._new[(request.owner, key)] = (digest, vmid)
+
+    def store(self) -> None:
+        rows = [
+            {"owner": owner, "key": key, "body_hash": digest, "instance_id": vmid}
+            for (owner, key), (digest, vmid) in self._new.items()
+        ]
+        if rows:
+            self._session.execute(insert(IdempotencyKey), rows)
 
 
 def instance_row(valid: ValidCreate, reservation: Reservation, seed: dict[str, str]) -> dict[str, Any]:
@@ -246,7 +332,10 @@ def instance_row(valid: ValidCreate, reservation: Reservation, seed: dict[str, s
         "node": reservation.node,
         "cores": flavour.cpus,
         "memory_mb": flavour.ram_mb,
-        "disk_gb": max(flavour.disk_gb, -(-template.maxdisk // GiB)),
+        "disk_gb": instance_disk_gb(valid),
+        "owner": request.owner,
+        "login_user": request.login_user,
+        "expires_at": request.expires_at,
         "lifecycle": Lifecycle.BUILDING,
         "boot_command": request.boot_command,
         "meta": dict(request.metadata),

@@ -113,6 +113,8 @@ class Instance(Base):
     adopted: Mapped[bool] = mapped_column(Boolean, default=False)
     # Who may see and change it: VISA_OWNER for VISA's (and adopted) instances, else the API token's name.
     owner: Mapped[str] = mapped_column(String(64), default=VISA_OWNER, server_default=VISA_OWNER, index=True)
+    login_user: Mapped[str | None] = mapped_column(String(32), default=None)  # cloud-init's user; None: the site's
+    expires_at: Mapped[datetime | None] = mapped_column(default=None, index=True)  # its lease: deleted then
     # Up, but the discovery registry did not take it yet: the reconciler registers it (a register job).
     registration_pending: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -229,3 +231,15 @@ class AuditEntry(Base):
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)  # secrets removed
     status: Mapped[int] = mapped_column(Integer)  # the HTTP status answered (the CLI's: 200 or 4xx alike)
     client: Mapped[str | None] = mapped_column(StoredText(64), default=None)  # the client's address
+
+
+class IdempotencyKey(Base):
+    """A create sent with an Idempotency-Key: the same key and body answer the same VM again (kept at least 24 h)."""
+
+    __tablename__ = "idempotency_keys"
+
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    body_hash: Mapped[str] = mapped_column(String(64))
+    instance_id: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

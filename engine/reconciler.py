@@ -30,6 +30,8 @@ from engine.seeds import SeedTokens
 from engine.settings import Settings
 from engine.store import OPEN, Store, aware
 
+IDEMPOTENCY_KEPT = timedelta(hours=48)  # an Idempotency-Key answers the same VM again for at least 24 h
+
 log = logging.getLogger(__name__)
 
 VANISHED_AFTER = 3  # consecutive fresh snapshots without the VM
@@ -84,6 +86,9 @@ class Reconciler:
         return True
 
     def reconcile(self) -> None:
+        for vmid in self._store.end_leases(utcnow()):
+            log.info("instance %s: its lease ended; deleting it", vmid)
+        self._store.forget_idempotency_keys(utcnow() - IDEMPOTENCY_KEPT)
         snapshot = self._cluster.snapshot()
         if snapshot is None:
             return

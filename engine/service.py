@@ -195,6 +195,10 @@ class Provisioner:
         self.queue.notify()
         return job
 
+    def set_lease(self, vmid: int, owner: str | None, expires_at: datetime | None) -> Instance:
+        """A new end for the instance's lease (None: none); the reconciler deletes it then."""
+        return self.store.set_lease(vmid, owner, expires_at)
+
     def add_security_group(self, instance_id: str, group: str, owner: str | None = None) -> Job | None:
         self._check_groups([group])
         return self._change_groups(instance_id, add=[group], remove=[], owner=owner)
@@ -222,7 +226,7 @@ class Provisioner:
         return cloudinit.SeedContext(
             instance_id=f"iid-{instance.id}-{int(instance.created_at.timestamp())}",
             hostname=hostname(instance.name, instance.id),
-            user=self.settings.cloud_init_user,
+            user=instance.login_user or self.settings.cloud_init_user,
             ssh_keys=list(instance.ssh_keys),
             metadata=dict(instance.meta),
             boot_command=instance.boot_command,

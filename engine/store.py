@@ -27,7 +27,18 @@ from engine.db import Database
 from engine.errors import Conflict, NotFound
 from engine.jobs.kinds import KINDS, apply_outcome
 from engine.jobs.outcome import HostOutcome
-from engine.models import Duty, Instance, Job, JobEvent, JobKind, JobState, Lifecycle, Worker, utcnow
+from engine.models import (
+    Duty,
+    IdempotencyKey,
+    Instance,
+    Job,
+    JobEvent,
+    JobKind,
+    JobState,
+    Lifecycle,
+    Worker,
+    utcnow,
+)
 
 OPEN = (JobState.PENDING, JobState.RUNNING)
 POWER_JOBS = (JobKind.START, JobKind.SHUTDOWN, JobKind.STOP, JobKind.REBOOT)
@@ -430,6 +441,38 @@ class Store:
             job = _enqueue(session, vmid, kind, {}, max_attempts=1)
             job.not_before = not_before
             return job
+
+    def end_leases(self, now: datetime) -> list[int]:
+        """The instances whose lease ended by now go DELETING with a delete job (as `request_delete`); their ids."""
+        with self.db.write() as session:
+            due = list(
+                session.scalars(
+                    select(Instance).where(
+                        Instance.expires_at.is_not(None),
+                        Instance.expires_at <= now,
+                        Instance.lifecycle.in_((Lifecycle.BUILDING, Lifecycle.PROVISIONED, Lifecycle.ERROR)),
+                    )
+                )
+            )
+            for instance in due:
+                self._supersede(session, instance.id, "superseded by the end of its lease")
+                instance.lifecycle = Lifecycle.DELETING
+                instance.delete_requested_at = now
+                _enqueue(session, instance.id, JobKind.DELETE, {}, max_attempts=KINDS[JobKind.DELETE].attempts)
+            return [instance.id for instance in due]
+
+    def set_lease(self, vmid: int, owner: str | None, expires_at: datetime | None) -> Instance:
+        """A new end for an instance's lease (None: no end)."""
+        with self.db.write() as session:
+            instance = _instance(session, vmid, owner=owner)
+            instance.expires_at = expires_at
+            session.flush()
+            session.expunge(instance)
+            return instance
+
+    def forget_idempotency_keys(self, before: datetime) -> None:
+        with self.db.write() as session:
+            session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < before))
 
     def confirm_deleted(self, vmid: int) -> bool:
         """DELETING → DELETED once the VM is gone from Proxmox and no delete is running."""

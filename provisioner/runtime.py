@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import Lifespan
 
-from api import operator, seed
+from api import operator, seed, vms
 from api.access import AuditTrail
 from common.files import make_private_dir, write_private
 from discovery.client import RegistryClient
@@ -273,6 +273,7 @@ def build_app(settings: Settings, lifespan: Lifespan[FastAPI] | None = None) -> 
     visa_http.install(app, settings.auth_token.get_secret_value() if settings.auth_token else None)
     if settings.operator_api:
         operator.install(app, settings.operator_token.get_secret_value() if settings.operator_token else None)
+        app.include_router(vms.router)
     app.include_router(operator.health)
     app.include_router(seed.build_router(settings.seed_path_prefix))
     return app

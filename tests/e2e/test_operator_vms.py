@@ -1,0 +1,179 @@
+"""Operator VMs over /v1 on the simulator, through the real playbooks: a token's VM from create to running with its
+keys and SSH command, then stopped, started and deleted; quotas, idempotent creates, leases, bad input; VISA and
+operators each see and change only their own."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from engine.models import TokenRole
+from engine.tokens import Quotas, Tokens
+from tests.conftest import SITE_KEY, USER_KEY, LiveService, visa_body, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ansible")]
+
+OTHER_KEY = (
+    Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+    + " other@example.org"
+)
+
+
+def as_token(service: LiveService, name: str, role: TokenRole = TokenRole.OPERATOR, **quotas: int) -> httpx.Client:
+    token = Tokens(service.runtime.db).create(name, role, Quotas(**quotas))
+    return httpx.Client(base_url=service.base, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def alice(service: LiveService) -> Iterator[httpx.Client]:
+    with as_token(service, "alice") as client:
+        yield client
+
+
+def vm_body(name: str, **fields: Any) -> dict[str, Any]:
+    return {"name": name, "image": "9000", "size": "small", "ssh_keys": [USER_KEY], **fields}
+
+
+def wait_vm(client: httpx.Client, vm_id: str, state: str, timeout: float = 120) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        body = client.get(f"/v1/vms/{vm_id}").json()
+        assert body.get("state") != "error", body
+        return body if body.get("state") == state else None
+
+    return wait_for(reached, timeout=timeout, what=f"VM {vm_id} to be {state}")  # type: ignore[no-any-return]
+
+
+def wait_gone(client: httpx.Client, vm_id: str) -> None:
+    wait_for(lambda: client.get(f"/v1/vms/{vm_id}").status_code == 404, timeout=120, what=f"VM {vm_id} to go")
+
+
+def test_a_vm_lives_from_create_to_delete_with_its_keys_and_ssh_command(service: LiveService, alice: httpx.Client):
+    accepted = alice.post("/v1/vms", json=vm_body("alice-one", ssh_keys=[USER_KEY, OTHER_KEY], user="alice"))
+    assert accepted.status_code == 202, accepted.text
+    vm, job = accepted.json()["vm"], accepted.json()["job"]
+    assert (vm["state"], vm["owner"], vm["flavour"], job["kind"]) == ("building", "alice", "size:small", "create")
+    assert vm["resources"]["cpus"] == 1 and vm["resources"]["memory_mb"] == 1024 and vm["resources"]["disk_gb"] >= 10
+    running = wait_vm(alice, vm["id"], "running")
+    address = running["address"]
+    assert running["ssh"] == {"host": address, "port": 22, "user": "alice", "command": f"ssh alice@{address}"}
+    assert [j["kind"] for j in running["jobs"]] == ["create"] and running["jobs"][0]["state"] == "successful"
+    seeded = service.runtime.store
+    with seeded.read() as session:
+        from engine.models import Instance
+
+        keys = session.get_one(Instance, int(vm["id"])).ssh_keys
+    assert keys == [SITE_KEY, USER_KEY, OTHER_KEY], "the site's key and both of the caller's"
+
+    assert alice.post(f"/v1/vms/{vm['id']}/stop").status_code == 202
+    wait_vm(alice, vm["id"], "stopped")
+    assert alice.post(f"/v1/vms/{vm['id']}/start").status_code == 202
+    wait_vm(alice, vm["id"], "running")
+    assert alice.post(f"/v1/vms/{vm['id']}/stop", params={"force": "true"}).json()["job"]["kind"] == "stop"
+    wait_vm(alice, vm["id"], "stopped")
+    deleted = alice.delete(f"/v1/vms/{vm['id']}")
+    assert (deleted.status_code, deleted.json()["job"]["kind"]) == (202, "delete")
+    wait_gone(alice, vm["id"])
+
+
+def test_visa_and_operators_each_see_and_change_only_their_own(service: LiveService, alice: httpx.Client):
+    mine = alice.post("/v1/vms", json=vm_body("alice-two")).json()["vm"]["id"]
+    visas = service.client.post("/api/instances", json=visa_body(name="VISA-INSTANCE-SIDE")).json()["id"]
+    with as_token(service, "bob") as bob:
+        assert bob.get("/v1/vms").json() == {"vms": [], "next_after": None}
+        assert bob.get(f"/v1/vms/{mine}").status_code == 404
+        assert bob.delete(f"/v1/vms/{mine}").status_code == 404
+        assert bob.get(f"/v1/vms/{visas}").status_code == 404, "VISA's are not operator VMs"
+    assert [v["id"] for v in alice.get("/v1/vms").json()["vms"]] == [mine]
+    assert mine not in [i["id"] for i in service.client.get("/api/instances").json()]
+    assert mine not in [i["id"] for i in service.client.get("/api/instances/identifiers").json()]
+    assert service.client.get(f"/api/instances/{mine}").status_code == 404
+    assert service.client.delete(f"/api/instances/{mine}").status_code == 404
+    assert [v["id"] for v in service.operator.get("/v1/vms", params={"owner": "alice"}).json()["vms"]] == [mine]
+    assert service.client.delete(f"/api/instances/{visas}").status_code == 200
+    assert alice.delete(f"/v1/vms/{mine}").status_code == 202
+    wait_gone(alice, mine)
+
+
+def test_quotas_refuse_a_create_naming_the_limit_and_change_nothing(service: LiveService):
+    with as_token(service, "carol", max_vms=1, max_vcpus=1) as carol:
+        too_big = carol.post("/v1/vms", json=vm_body("carol-big", size="medium"))
+        assert (too_big.status_code, too_big.json()["code"]) == (403, "quota_vcpus")
+        first = carol.post("/v1/vms", json=vm_body("carol-one"))
+        assert first.status_code == 202
+        second = carol.post("/v1/vms", json=vm_body("carol-two"))
+        assert (second.status_code, second.json()["code"]) == (403, "quota_vms")
+        assert [v["name"] for v in carol.get("/v1/vms").json()["vms"]] == ["carol-one"]
+        assert carol.delete(f"/v1/vms/{first.json()['vm']['id']}").status_code == 202
+        wait_gone(carol, first.json()["vm"]["id"])
+
+
+def test_an_idempotency_key_answers_the_same_vm_and_refuses_another_body(alice: httpx.Client):
+    body = vm_body("alice-idem")
+    key = {"Idempotency-Key": "create-alice-idem-1"}
+    with ThreadPoolExecutor(5) as pool:
+        answers = list(pool.map(lambda _: alice.post("/v1/vms", json=body, headers=key), range(5)))
+    assert {a.status_code for a in answers} == {202}
+    assert len({(a.json()["vm"]["id"], a.json()["job"]["id"]) for a in answers}) == 1, "one VM, one job"
+    conflict = alice.post("/v1/vms", json=vm_body("alice-idem", size="medium"), headers=key)
+    assert (conflict.status_code, conflict.json()["code"]) == (409, "idempotency_conflict")
+    vm_id = answers[0].json()["vm"]["id"]
+    assert [v["id"] for v in alice.get("/v1/vms", params={"name_prefix": "alice-idem"}).json()["vms"]] == [vm_id]
+    assert alice.delete(f"/v1/vms/{vm_id}").status_code == 202
+    wait_gone(alice, vm_id)
+
+
+def test_a_lease_is_set_changed_and_ends_in_a_delete(service: LiveService, alice: httpx.Client):
+    accepted = alice.post("/v1/vms", json=vm_body("alice-lease", lease=3600)).json()["vm"]
+    ends = datetime.fromisoformat(accepted["expires_at"])
+    assert timedelta(minutes=59) < ends - datetime.now(UTC) <= timedelta(hours=1)
+    later = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    extended = alice.patch(f"/v1/vms/{accepted['id']}", json={"expires_at": later})
+    assert extended.status_code == 200 and datetime.fromisoformat(extended.json()["expires_at"]) > ends
+    assert alice.patch(f"/v1/vms/{accepted['id']}", json={"lease": 10}).status_code == 400, "at least 60 s"
+    wait_vm(alice, accepted["id"], "running")
+    # The lease ends (as if its time had come while the service was down): the reconciler deletes the VM.
+    service.runtime.store.set_lease(int(accepted["id"]), None, datetime.now(UTC) - timedelta(seconds=1))
+    wait_gone(alice, accepted["id"])
+    jobs = service.operator.get("/v1/jobs", params={"instance_id": accepted["id"]}).json()
+    assert {j["kind"] for j in jobs} == {"create", "delete"}
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "says"),
+    [
+        (vm_body("x", size="huge"), "invalid_request", "small"),
+        (vm_body("x", image="no-such-image"), "unknown_image", "9000"),
+        (vm_body("x", ssh_keys=[USER_KEY, "ssh-rsa nope"]), "invalid_ssh_key", "ssh_keys[1]"),
+        (vm_body("x", flavour="small"), "invalid_request", "exactly one of"),
+        (vm_body("x", size=None, cpus=2), "invalid_request", "all of cpus"),
+        (vm_body("x", flavour="no-such", size=None), "unknown_flavour", "small"),
+        (vm_body("x", ssh_keys=[]), "invalid_request", "ssh_keys"),
+        (vm_body("bad name!"), "invalid_request", "name"),
+        (vm_body("x", lease=3600, expires_at="2099-01-01T00:00:00Z"), "invalid_request", "not both"),
+        (vm_body("x", expires_at="2000-01-01T00:00:00Z"), "invalid_request", "future"),
+        (vm_body("x", surprise=1), "invalid_request", "surprise"),
+    ],
+)
+def test_bad_input_is_a_400_that_says_why_and_makes_nothing(
+    alice: httpx.Client, body: dict[str, Any], code: str, says: str
+):
+    before = alice.get("/v1/vms").json()
+    refused = alice.post("/v1/vms", json=body)
+    assert (refused.status_code, refused.json()["code"]) == (400, code), refused.text
+    assert says in refused.text
+    assert alice.get("/v1/vms").json() == before
+
+
+def test_a_viewer_lists_but_cannot_create(service: LiveService):
+    with as_token(service, "vera", TokenRole.VIEWER) as vera:
+        assert vera.get("/v1/vms").status_code == 200
+        assert vera.get("/v1/sizes").json()[0] == {"name": "small", "cpus": 1, "memory_mb": 1024, "disk_gb": 10}
+        assert "9000" in [i["id"] for i in vera.get("/v1/images").json()]
+        assert vera.post("/v1/vms", json=vm_body("vera-one")).status_code == 403
