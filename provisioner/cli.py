@@ -25,6 +25,7 @@ from engine.settings import REFERENCE, Settings
 from engine.sshkeys import InvalidSSHKey
 from provisioner.client import add_client_arguments
 from provisioner.postgres import LocalPostgres, PostgresUnavailable, local_postgres_dir
+from provisioner.vm_cli import add_vm_commands
 
 # The credentials `--dev-token` makes when the environment has none: setting, variable, file in the state directory.
 DEV_TOKENS = (
@@ -388,6 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser(
         "advertisement", help="print the advertisement this provider would post (Proxmox from PROXMOX_*)"
     ).set_defaults(func=advertisement)
+    add_vm_commands(sub)
     token_parser = sub.add_parser("tokens", help="make, list or revoke /v1 API tokens (the service's database)")
     token_actions = token_parser.add_subparsers(dest="action")
     create_parser = token_actions.add_parser("create", help="make a token and print it (once)")

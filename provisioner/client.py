@@ -50,8 +50,8 @@ class ApiClient:
     def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
         return self.request("GET", path, params=params)
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        headers = {"Authorization": f"Bearer {self.token}"}
+    def request(self, method: str, path: str, headers: dict[str, str] | None = None, **kwargs: Any) -> Any:
+        headers = {**(headers or {}), "Authorization": f"Bearer {self.token}"}
         try:
             response = httpx.request(method, self.url + path, headers=headers, timeout=self.timeout_s, **kwargs)
         except httpx.HTTPError as exc:

@@ -4,9 +4,13 @@ operators each see and change only their own."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from engine.models import TokenRole
 from engine.tokens import Quotas, Tokens
-from tests.conftest import SITE_KEY, USER_KEY, LiveService, visa_body, wait_for
+from tests.conftest import ROOT, SITE_KEY, USER_KEY, LiveService, visa_body, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ansible")]
 
@@ -177,3 +181,32 @@ def test_a_viewer_lists_but_cannot_create(service: LiveService):
         assert vera.get("/v1/sizes").json()[0] == {"name": "small", "cpus": 1, "memory_mb": 1024, "disk_gb": 10}
         assert "9000" in [i["id"] for i in vera.get("/v1/images").json()]
         assert vera.post("/v1/vms", json=vm_body("vera-one")).status_code == 403
+
+
+def test_the_cli_creates_with_wait_lists_shows_sshes_and_deletes(service: LiveService, tmp_path: Path):
+    token = Tokens(service.runtime.db).create("cli-user", TokenRole.OPERATOR)
+    fake_ssh = tmp_path / "bin" / "ssh"
+    fake_ssh.parent.mkdir()
+    fake_ssh.write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "ssh-args"}\n', encoding="utf-8")
+    fake_ssh.chmod(0o755)
+    env = {"PATH": f"{fake_ssh.parent}:/usr/bin:/bin", "PROVISIONER_URL": service.base, "PROVISIONER_TOKEN": token}
+
+    def vm(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "provisioner.cli", "vm", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+    made = vm("create", "cli-one", "--image", "9000", "--size", "small", "--ssh-key", USER_KEY, "--wait")
+    assert made.returncode == 0, made.stderr
+    assert "Converge the VM" in made.stderr, "the tasks were shown as they ran"
+    assert "is running: ssh " in made.stderr
+    [listed] = json.loads(vm("list", "--json").stdout)
+    assert (listed["name"], listed["state"], listed["owner"]) == ("cli-one", "running", "cli-user")
+    shown = vm("show", listed["id"])
+    assert shown.returncode == 0 and f"ssh {listed['ssh']['user']}@{listed['address']}" in shown.stdout
+    assert vm("ssh", listed["id"], "--", "true").returncode == 0
+    ssh_args = (tmp_path / "ssh-args").read_text(encoding="utf-8").split()
+    assert ssh_args == ["-p", "22", f"{listed['ssh']['user']}@{listed['address']}", "true"]
+    assert vm("create", "cli-two", "--image", "9000", "--ssh-key", "ssh-rsa nope").returncode == 2
+    assert vm("create", "cli-two", "--image", "9000", "--size", "huge", "--ssh-key", USER_KEY).returncode == 2
+    assert vm("delete", listed["id"], "--wait").returncode == 0
+    assert vm("show", listed["id"]).returncode == 2, "gone: 404"
