@@ -6,14 +6,19 @@ never sees them and they show up in the jobs, the audit log and the metrics.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import hashlib
 import json
+import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, status
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from starlette.concurrency import run_in_threadpool
 
 from api.access import PREFIX, principal_of
 from api.operator import JobOut, OwnerDep, ProvisionerDep, job_out
@@ -35,6 +40,8 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "xlarge": (8, 16384, 80),
 }
 MAX_LEASE_S = 366 * 24 * 3600
+FOLLOW_POLL_S = 0.5  # how often a followed log looks for new lines
+KEEPALIVE_S = 15.0  # a comment line this often on a quiet stream, so proxies keep it open
 
 
 class VmState(enum.StrEnum):
@@ -289,6 +296,74 @@ def change_lease(vm_id: str, body: LeaseChange, service: ProvisionerDep, princip
     view = _operator_view(service, vm_id, _scope(principal))
     service.set_lease(view.instance.id, _scope(principal), _lease_end(body.lease, body.expires_at))
     return vm_out(_operator_view(service, vm_id, _scope(principal)), service)
+
+
+class LogLine(BaseModel):
+    id: int  # pass as `after` (or Last-Event-ID) to read on
+    at: UtcDateTime
+    job_id: str
+    kind: str
+    event: str
+    task: str | None
+    stdout: str
+
+
+class LogPage(BaseModel):
+    lines: list[LogLine]
+    next_after: int  # the last line's id (or `after` when there was none)
+
+
+@router.get("/vms/{vm_id}/logs", response_model=LogPage)
+async def vm_logs(
+    vm_id: str,
+    request: Request,
+    service: ProvisionerDep,
+    scope: OwnerDep,
+    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+    follow: bool = False,
+    last_event_id: Annotated[str | None, Header(max_length=20, pattern=r"^[0-9]+$")] = None,
+) -> Any:
+    """The VM's job events (every job: create, power, delete), oldest first. `follow=true`: a server-sent event stream
+    of them as they come (`id:` is the line's id; reconnect with Last-Event-ID), until the client leaves."""
+    vmid = (await run_in_threadpool(_operator_view, service, vm_id, scope)).instance.id
+    start = int(last_event_id) if last_event_id is not None else after
+    if not follow:
+        lines = await run_in_threadpool(_log_lines, service, vmid, start, limit)
+        return LogPage(lines=lines, next_after=lines[-1].id if lines else start)
+    return StreamingResponse(
+        _follow(request, service, vmid, start), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+    )
+
+
+async def _follow(request: Request, service: Provisioner, vmid: int, after: int) -> AsyncIterator[str]:
+    quiet_since = time.monotonic()
+    while not await request.is_disconnected():
+        lines = await run_in_threadpool(_log_lines, service, vmid, after, 500)
+        for line in lines:
+            after = line.id
+            yield f"id: {line.id}\ndata: {line.model_dump_json()}\n\n"
+        if lines:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since > KEEPALIVE_S:
+            quiet_since = time.monotonic()
+            yield ": still here\n\n"
+        await asyncio.sleep(FOLLOW_POLL_S)
+
+
+def _log_lines(service: Provisioner, vmid: int, after: int, limit: int) -> list[LogLine]:
+    return [
+        LogLine(
+            id=event.id,
+            at=event.created_at,
+            job_id=job.id,
+            kind=job.kind,
+            event=event.event,
+            task=event.task,
+            stdout=event.stdout,
+        )
+        for event, job in service.instance_events(vmid, after, limit)
+    ]
 
 
 # --------------------------------------------------------------------------------------------------------- helpers

@@ -136,6 +136,7 @@ class Processes:
         while "token secret file" not in lines:
             line = self.sim.stdout.readline() if self.sim.stdout else ""
             if not line:
+                self.sim.kill()
                 raise SystemExit("the simulator did not start")
             key, _, value = line.partition(":")
             lines[key.strip()] = value.strip()
@@ -166,6 +167,7 @@ class Processes:
             stderr=subprocess.PIPE,
         )
         if not wait_ready(self.base, 60):
+            self.stop()  # nothing started is left running
             raise SystemExit("the service did not get ready")
 
     def pve(self) -> ProxmoxAPI:

@@ -297,6 +297,18 @@ class Provisioner:
             query = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.counter > after)
             return list(session.scalars(query.order_by(JobEvent.counter).limit(limit)))
 
+    def instance_events(self, vmid: int, after_id: int, limit: int) -> list[tuple[JobEvent, Job]]:
+        """The Ansible events of every job of an instance, in the order they were stored, after an event's row id."""
+        query = (
+            select(JobEvent, Job)
+            .join(Job, Job.id == JobEvent.job_id)
+            .where(Job.instance_id == vmid, JobEvent.id > after_id)
+            .order_by(JobEvent.id)
+            .limit(limit)
+        )
+        with self.store.read() as session:
+            return [(event, job) for event, job in session.execute(query)]
+
     def put_flavour(self, spec: FlavourSpec) -> Flavour:
         with self.store.read() as session:
             return upsert_flavour(session, spec)

@@ -210,3 +210,31 @@ def test_the_cli_creates_with_wait_lists_shows_sshes_and_deletes(service: LiveSe
     assert vm("create", "cli-two", "--image", "9000", "--size", "huge", "--ssh-key", USER_KEY).returncode == 2
     assert vm("delete", listed["id"], "--wait").returncode == 0
     assert vm("show", listed["id"]).returncode == 2, "gone: 404"
+
+
+def test_a_vms_logs_are_its_jobs_events_paged_and_followed(service: LiveService, alice: httpx.Client):
+    vm = alice.post("/v1/vms", json=vm_body("alice-logs")).json()["vm"]
+    wait_vm(alice, vm["id"], "running")
+    page = alice.get(f"/v1/vms/{vm['id']}/logs").json()
+    lines = page["lines"]
+    assert {line["kind"] for line in lines} == {"create"} and page["next_after"] == lines[-1]["id"]
+    assert "playbook_on_stats" in [line["event"] for line in lines]
+    assert [line["id"] for line in lines] == sorted(line["id"] for line in lines)
+    rest = alice.get(f"/v1/vms/{vm['id']}/logs", params={"after": lines[2]["id"]}).json()["lines"]
+    assert rest == lines[3:]
+    assert alice.post(f"/v1/vms/{vm['id']}/reboot").status_code == 202
+    with alice.stream(
+        "GET", f"/v1/vms/{vm['id']}/logs", params={"follow": "true"}, headers={"Last-Event-ID": str(page["next_after"])}
+    ) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        followed = []
+        for text in stream.iter_lines():
+            if text.startswith("data: "):
+                followed.append(json.loads(text.removeprefix("data: ")))
+                if followed[-1]["event"] == "playbook_on_stats":
+                    break
+    assert {line["kind"] for line in followed} == {"reboot"}, "only what came after Last-Event-ID"
+    with as_token(service, "mallory") as mallory:
+        assert mallory.get(f"/v1/vms/{vm['id']}/logs").status_code == 404
+    assert alice.delete(f"/v1/vms/{vm['id']}").status_code == 202
+    wait_gone(alice, vm["id"])
