@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run run-postgres discovery test test-unit test-fast lint molecule bench bench-workers bench-harness clean install \
+.PHONY: run run-postgres discovery test test-unit test-fast lint molecule bench bench-workers bench-harness bench-vms clean install \
 	guest-deps postgres-deps guest-images bench-guests
 
 $(STAMP): pyproject.toml
@@ -77,6 +77,10 @@ bench: $(STAMP)
 # 50 concurrent creates on the reference provider's measurement harness (../shared/examples/fakepve_harness.py).
 bench-harness: $(STAMP)
 	$(BIN)/python bench/harness.py --repeat 3
+
+# Operator VMs: 50 POST /v1/vms with Idempotency-Keys and GET /v1/vms at 1,000, each beside VISA's in the same run.
+bench-vms: $(STAMP)
+	$(BIN)/python bench/vms.py
 
 # 200 creates to all ACTIVE with 1, 2 and 4 worker processes; a burst during a playbook run against the tree
 # before worker processes.

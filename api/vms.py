@@ -208,10 +208,11 @@ async def create_vm(
 ) -> VmAccepted:
     """Make a VM owned by the caller's token; 202 with the VM and its create job. The same Idempotency-Key with the
     same body answers the same VM again; with another body, 409 idempotency_conflict."""
+    flavour_id = await run_in_threadpool(_flavour_id, body, service)
     create = CreateRequest(
         name=body.name,
         image_id=body.image,
-        flavour_id=_flavour_id(body, service),
+        flavour_id=flavour_id,
         security_groups=[],
         metadata=dict(body.metadata),
         boot_command=None,
@@ -224,8 +225,13 @@ async def create_vm(
         idempotency=(idempotency_key, _digest(await request.body())) if idempotency_key else None,
     )
     vmid = await service.create(create)
-    view = service.view(str(vmid), principal.name)
-    jobs = service.jobs(None, vmid, 1000, principal.name)
+    # The reads after the commit go to a thread: on the event loop, each would hold up every other request.
+    return await run_in_threadpool(_accepted, service, vmid, principal.name)
+
+
+def _accepted(service: Provisioner, vmid: int, owner: str) -> VmAccepted:
+    view = service.view(str(vmid), owner)
+    jobs = service.jobs(None, vmid, 1000, owner)
     first = next(job for job in reversed(jobs) if job.kind == JobKind.CREATE)
     return VmAccepted(vm=vm_out(view, service), job=job_out(first))
 
