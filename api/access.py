@@ -4,11 +4,13 @@ would cost every request an extra task and a response stream."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 from typing import Any
 
+from cachetools import TTLCache
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette._utils import get_route_path
@@ -18,13 +20,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.audit import Entry
 from engine.models import VISA_OWNER
-from engine.tokens import ADMIN, Principal
+from engine.tokens import ADMIN, Principal, digest
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/v1"
 VISA_PREFIX = "/api"
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
+TOKEN_RECHECK_S = 2.0
 MAX_RECORDED_BODY = 64 * 1024  # bytes of a request body the audit trail reads its parameters from
 
 
@@ -47,6 +50,11 @@ class OperatorGuard:
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
         self.expected = token.encode() if token is not None else None
+        # Stored tokens found valid, by digest, for TOKEN_RECHECK_S: a burst costs one lookup per token, not one per
+        # request; a revoked token is refused within that time. Only valid tokens are kept, so guesses cost memory
+        # nothing.
+        self._recent: TTLCache[str, Principal] = TTLCache(maxsize=4096, ttl=TOKEN_RECHECK_S)
+        self._looking: dict[str, asyncio.Future[Principal | None]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # The path the router matches, without the root path (see web_provider.http.VisaGuard).
@@ -76,8 +84,18 @@ class OperatorGuard:
             return ADMIN
         if not given:
             return None
-        service = scope["app"].state.provisioner
-        principal: Principal | None = await run_in_threadpool(service.authenticate, given)
+        key = digest(given)
+        principal: Principal | None = self._recent.get(key)
+        if principal is not None:
+            return principal
+        lookup = self._looking.get(key)
+        if lookup is None:  # the requests of a burst that carry the same token share one lookup
+            lookup = asyncio.ensure_future(run_in_threadpool(scope["app"].state.provisioner.authenticate, given))
+            self._looking[key] = lookup
+            lookup.add_done_callback(lambda _done: self._looking.pop(key, None))
+        principal = await asyncio.shield(lookup)
+        if principal is not None:
+            self._recent[key] = principal
         return principal
 
 

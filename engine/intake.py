@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, tuple_
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -34,7 +34,7 @@ from engine.errors import (
 )
 from engine.group_commit import GroupCommitter
 from engine.jobs.kinds import KINDS
-from engine.models import VISA_OWNER, Flavour, IdempotencyKey, JobKind, JobState, Lifecycle
+from engine.models import VISA_OWNER, Flavour, IdempotencyKey, Instance, Job, JobKind, JobState, Lifecycle, utcnow
 from engine.naming import as_vmid, vm_name
 from engine.placement import GiB, Request, Reservation
 from engine.proxmox import ClusterView, ProxmoxUnavailable, Snapshot, VmInfo
@@ -78,6 +78,16 @@ class CreateRequest:
 
 
 @dataclass(frozen=True)
+class Created:
+    """An accepted create: its VMID, and the rows stored for it (the instance's and its create job's), so the
+    caller can describe it without reading them back."""
+
+    vmid: int
+    instance: dict[str, Any]
+    job: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class ValidCreate:
     request: CreateRequest
     flavour: Flavour
@@ -110,7 +120,7 @@ class CreateIntake:
         self._site_keys = site_keys
         self._on_committed = on_committed
         self._vmids = VmidAllocator(settings.vmid_min, settings.vmid_max)
-        self._writer: GroupCommitter[CreateRequest, int] = GroupCommitter(self.store_group, name="create-intake")
+        self._writer: GroupCommitter[CreateRequest, Created] = GroupCommitter(self.store_group, name="create-intake")
 
     def start(self) -> None:
         self._writer.start()
@@ -119,12 +129,13 @@ class CreateIntake:
         """Store the creates queued already, then stop."""
         self._writer.stop()
 
-    async def create(self, request: CreateRequest) -> int:
-        """The new instance's VMID once it and its create job are committed; ProvisionerError if refused."""
+    async def create(self, request: CreateRequest) -> Created:
+        """The new instance once it and its create job are committed; ProvisionerError if refused."""
         return await self._writer.commit(request)
 
-    def store_group(self, requests: list[CreateRequest]) -> list[int | ProvisionerError]:
-        """One outcome per request, in order: its VMID, or why it was refused. All or none are stored."""
+    def store_group(self, requests: list[CreateRequest]) -> list[Created | ProvisionerError]:
+        """One outcome per request, in order: what was stored for it, or why it was refused. All or none are
+        stored."""
         try:
             with self._store.creating() as session:
                 outcomes, instances, jobs = self._admit(session, requests)
@@ -141,14 +152,14 @@ class CreateIntake:
 
     def _admit(
         self, session: Session, requests: list[CreateRequest]
-    ) -> tuple[list[int | ProvisionerError], list[dict[str, Any]], list[dict[str, Any]]]:
+    ) -> tuple[list[Created | ProvisionerError], list[dict[str, Any]], list[dict[str, Any]]]:
         proxmox = GroupReads(self._cluster)
         wanted = {r.flavour_id for r in requests}
         flavours = {f.id: f for f in session.scalars(select(Flavour).where(Flavour.id.in_(wanted)))}
         capacity: Capacity | None = None
         usage = OwnerUsage(session)
-        replays = Replays(session)
-        outcomes: list[int | ProvisionerError] = []
+        replays = Replays(session, requests)
+        outcomes: list[Created | ProvisionerError] = []
         instances: list[dict[str, Any]] = []
         jobs: list[dict[str, Any]] = []
         for request in requests:
@@ -163,7 +174,6 @@ class CreateIntake:
                 capacity = capacity or Capacity(session, proxmox.snapshot(), self._settings, self._vmids)
                 reservation = capacity.reserve(Request(valid.flavour.cpus, valid.flavour.ram_mb, valid.allowed_nodes))
                 usage.add(request.owner, valid.flavour.cpus, valid.flavour.ram_mb, disk_gb)
-                replays.add(request, reservation.vmid)
             except ProvisionerError as exc:
                 outcomes.append(exc)
                 continue
@@ -173,7 +183,9 @@ class CreateIntake:
                 continue
             instances.append(instance_row(valid, reservation, self._seeds.new(reservation.vmid)))
             jobs.append(create_job_row(valid, reservation.vmid))
-            outcomes.append(reservation.vmid)
+            created = Created(reservation.vmid, instances[-1], jobs[-1])
+            outcomes.append(created)
+            replays.add(request, created)
         replays.store()
         return outcomes, instances, jobs
 
@@ -287,35 +299,55 @@ def instance_disk_gb(valid: ValidCreate) -> int:
 
 class Replays:
     """The creates of a group sent with an Idempotency-Key: the same key and body again is the VM made the first time
-    (committed, or earlier in this group); another body under the same key is refused."""
+    (committed, or earlier in this group); another body under the same key is refused. The keys a group names, and
+    what was stored for them, are read in three queries for the whole group."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, requests: list[CreateRequest]) -> None:
         self._session = session
-        self._new: dict[tuple[str, str], tuple[str, int]] = {}
+        self._new: dict[tuple[str, str], tuple[str, Created]] = {}
+        keyed = {(r.owner, r.idempotency[0]) for r in requests if r.idempotency is not None}
+        self._stored: dict[tuple[str, str], tuple[str, Created]] = self._read(keyed) if keyed else {}
 
-    def earlier(self, request: CreateRequest) -> int | None:
+    def earlier(self, request: CreateRequest) -> Created | None:
         if request.idempotency is None:
             return None
         key, digest = request.idempotency
-        seen = self._new.get((request.owner, key))
-        if seen is None:
-            row = self._session.get(IdempotencyKey, (request.owner, key))
-            seen = (row.body_hash, row.instance_id) if row is not None else None
+        seen = self._new.get((request.owner, key)) or self._stored.get((request.owner, key))
         if seen is None:
             return None
         if seen[0] != digest:
             raise IdempotencyConflict(f"Idempotency-Key {key!r} was used with another request body")
         return seen[1]
 
-    def add(self, request: CreateRequest, vmid: int) -> None:
+    def add(self, request: CreateRequest, created: Created) -> None:
         if request.idempotency is not None:
             key, digest = request.idempotency
-            self._new[(request.owner, key)] = (digest, vmid)
+            self._new[(request.owner, key)] = (digest, created)
+
+    def _read(self, keyed: set[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, Created]]:
+        rows = list(
+            self._session.scalars(
+                select(IdempotencyKey).where(tuple_(IdempotencyKey.owner, IdempotencyKey.key).in_(list(keyed)))
+            )
+        )
+        vmids = [row.instance_id for row in rows]
+        instances = {i.id: i for i in self._session.scalars(select(Instance).where(Instance.id.in_(vmids)))}
+        creates: dict[int, Job] = {}
+        query = select(Job).where(Job.instance_id.in_(vmids), Job.kind == JobKind.CREATE).order_by(Job.created_at)
+        for job in self._session.scalars(query):
+            creates.setdefault(job.instance_id, job)
+        return {
+            (row.owner, row.key): (
+                row.body_hash,
+                Created(row.instance_id, _columns(instances[row.instance_id]), _columns(creates[row.instance_id])),
+            )
+            for row in rows
+        }
 
     def store(self) -> None:
         rows = [
-            {"owner": owner, "key": key, "body_hash": digest, "instance_id": vmid}
-            for (owner, key), (digest, vmid) in self._new.items()
+            {"owner": owner, "key": key, "body_hash": digest, "instance_id": created.vmid}
+            for (owner, key), (digest, created) in self._new.items()
         ]
         if rows:
             self._session.execute(insert(IdempotencyKey), rows)
@@ -341,6 +373,7 @@ def instance_row(valid: ValidCreate, reservation: Reservation, seed: dict[str, s
         "meta": dict(request.metadata),
         "security_groups": list(dict.fromkeys(request.security_groups)),
         "ssh_keys": valid.ssh_keys,
+        "created_at": utcnow(),
         **seed,
     }
 
@@ -354,4 +387,13 @@ def create_job_row(valid: ValidCreate, vmid: int) -> dict[str, Any]:
         "params": {"template": template.vmid, "template_node": template.node, "full_clone": valid.full_clone},
         "state": JobState.PENDING,
         "max_attempts": KINDS[JobKind.CREATE].attempts,
+        "attempts": 0,
+        "cancel_requested": False,
+        "result": {},
+        "created_at": utcnow(),
     }
+
+
+def _columns(row: Any) -> dict[str, Any]:
+    """A stored row's columns, as the rows the intake inserts."""
+    return {column.key: getattr(row, column.key) for column in row.__table__.columns}

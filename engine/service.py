@@ -20,7 +20,7 @@ from engine.audit import AuditLog, Entry
 from engine.capacity import building_reservations, instances_in_quota
 from engine.errors import BackendUnavailable, NotFound
 from engine.flavours import FlavourSpec, list_flavours, upsert_flavour
-from engine.intake import CreateIntake, CreateRequest, check_security_groups
+from engine.intake import Created, CreateIntake, CreateRequest, check_security_groups
 from engine.jobs.queue import JobQueue
 from engine.models import AuditEntry, Flavour, Instance, Job, JobEvent, JobKind, JobState, Lifecycle, Worker, utcnow
 from engine.naming import FLAVOUR_ID, JOB_ID, as_vmid, hostname
@@ -179,6 +179,10 @@ class Provisioner:
 
     async def create(self, request: CreateRequest) -> int:
         """Validate, reserve a VMID and a node, persist the instance with its create job; the VMID once committed."""
+        return (await self.intake.create(request)).vmid
+
+    async def create_vm(self, request: CreateRequest) -> Created:
+        """As `create`, answering the rows stored (an operator VM's response describes them without a read)."""
         return await self.intake.create(request)
 
     # ------------------------------------------------------------- mutations

@@ -112,7 +112,7 @@ class Tokens:
             ]
 
     def revoke(self, name: str) -> None:
-        """The token stops working at once; its row stays (the audit log names it)."""
+        """The token stops working (within the API guard's recheck time); its row stays (the audit log names it)."""
         with self._db.write() as session:
             row = session.scalar(select(ApiToken).where(ApiToken.name == name))
             if row is None:

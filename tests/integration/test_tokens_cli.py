@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import OPERATOR_TOKEN, ROOT, LiveService
+from tests.conftest import OPERATOR_TOKEN, ROOT, LiveService, wait_for
 
 
 def cli(service: LiveService, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -50,6 +50,10 @@ def test_a_token_made_by_the_cli_opens_v1_with_its_role_and_the_audit_log_names_
     assert cli(service, "audit", "--url", service.base, token=token).returncode == 1, "a viewer reads no audit log"
 
     assert cli(service, "tokens", "revoke", "ci-viewer").returncode == 0
-    assert service.anonymous.get("/v1/jobs", headers=as_viewer).status_code == 401
+    wait_for(
+        lambda: service.anonymous.get("/v1/jobs", headers=as_viewer).status_code == 401,
+        timeout=10,
+        what="the revoked token to be refused (the guard rechecks a token every 2 s)",
+    )
     assert cli(service, "tokens", "revoke", "nobody").returncode == 2
     assert cli(service, "audit", "--url", service.base).returncode == 2, "no token: bad input"

@@ -24,7 +24,7 @@ from engine.errors import (
     UnknownImage,
     UnknownSecurityGroup,
 )
-from engine.intake import CreateIntake, CreateRequest
+from engine.intake import Created, CreateIntake, CreateRequest
 from engine.models import Flavour, Instance, Job, JobKind, JobState, Lifecycle
 from engine.placement import Request
 from engine.proxmox import NodeInfo, ProxmoxUnavailable, Snapshot, StorageInfo, VmInfo
@@ -112,10 +112,18 @@ class Intake:
     def create_all(self, requests: list[CreateRequest]) -> list[int | ProvisionerError]:
         """Send every request at once, as concurrent HTTP requests do; each one's VMID or error."""
 
-        async def send() -> list[int | ProvisionerError]:
+        async def send() -> list[Any]:
             return list(await asyncio.gather(*(self.intake.create(r) for r in requests), return_exceptions=True))
 
-        return asyncio.run(send())
+        return [vmid_or_error(outcome) for outcome in asyncio.run(send())]
+
+    def store_group(self, requests: list[CreateRequest]) -> list[int | ProvisionerError]:
+        """One group stored at once, as the writer thread stores it; each one's VMID or error."""
+        return [vmid_or_error(outcome) for outcome in self.intake.store_group(requests)]
+
+
+def vmid_or_error(outcome: Any) -> Any:
+    return outcome.vmid if isinstance(outcome, Created) else outcome
 
 
 @pytest.fixture
@@ -199,7 +207,7 @@ def test_no_create_is_answered_before_its_group_is_committed(store: Database, ma
         assert not any(task.done() for task in pending), "a create was answered before its commit"
         assert await asyncio.to_thread(stored) == 0
         release.set()
-        return list(await asyncio.gather(*pending))
+        return [created.vmid for created in await asyncio.gather(*pending)]
 
     with listening(store, "commit", hold):
         vmids = asyncio.run(scenario())
@@ -240,7 +248,7 @@ def test_a_failing_store_refuses_every_create_of_the_group_and_keeps_none(
 ):
     intake = make_intake()
     with failure(store):
-        outcomes = intake.intake.store_group([create(n) for n in range(5)])
+        outcomes = intake.store_group([create(n) for n in range(5)])
     assert "OperationalError: disk I/O error" in caplog.text
     assert "[parameters" not in caplog.text and "VISA-INSTANCE" not in caplog.text, "no row (seed token) is logged"
     assert all(isinstance(o, StoreUnavailable) and o.status == 503 for o in outcomes), outcomes
@@ -252,7 +260,7 @@ def test_a_failing_store_refuses_every_create_of_the_group_and_keeps_none(
 
 def test_refused_creates_leave_the_rest_of_their_group_alone(store: Database, make_intake: Callable[..., Intake]):
     intake = make_intake()
-    outcomes = intake.intake.store_group(
+    outcomes = intake.store_group(
         [
             create(0),
             create(1, flavour_id="huge"),
@@ -273,10 +281,10 @@ def test_refused_creates_leave_the_rest_of_their_group_alone(store: Database, ma
 
 def test_a_group_counts_its_own_creates_and_the_stored_ones_for_room_on_the_node(make_intake: Callable[..., Intake]):
     intake = make_intake(FakeCluster(cluster_snapshot(node_cpus=6)))  # room for three 2-vCPU clones on pve1
-    outcomes = intake.intake.store_group([create(n) for n in range(4)])
+    outcomes = intake.store_group([create(n) for n in range(4)])
     assert [type(o) for o in outcomes] == [int, int, int, NoCapacityError]
     assert outcomes[3].code == "no_capacity"  # type: ignore[union-attr]
-    assert isinstance(intake.intake.store_group([create(5)])[0], NoCapacityError), "stored builds keep their room"
+    assert isinstance(intake.store_group([create(5)])[0], NoCapacityError), "stored builds keep their room"
 
 
 def test_the_quota_counts_the_creates_of_the_group(store: Database, make_intake: Callable[..., Intake]):
@@ -290,7 +298,7 @@ def test_the_quota_counts_the_creates_of_the_group(store: Database, make_intake:
 def test_an_unreachable_proxmox_is_asked_once_per_group(store: Database, make_intake: Callable[..., Intake]):
     cluster = FakeCluster(None)
     intake = make_intake(cluster)
-    outcomes = intake.intake.store_group([create(n) for n in range(5)] + [create(5, flavour_id="huge")])
+    outcomes = intake.store_group([create(n) for n in range(5)] + [create(5, flavour_id="huge")])
     assert [type(o) for o in outcomes] == [BackendUnavailable] * 5 + [UnknownFlavour]
     assert cluster.fresh_reads == 1
     assert rows(store) == ([], [])
