@@ -35,7 +35,7 @@ def under(path: str, prefix: str) -> bool:
     return path == prefix or path.startswith(prefix + "/")
 
 
-def principal_of(request: Request) -> Principal:
+async def principal_of(request: Request) -> Principal:
     """The caller of a /v1 route, as OperatorGuard found it."""
     return request.state.principal  # type: ignore[no-any-return]
 

@@ -18,7 +18,8 @@ from engine.service import Provisioner
 from engine.tokens import Principal
 
 
-def provisioner(request: Request) -> Provisioner:
+async def provisioner(request: Request) -> Provisioner:
+    # Coroutines, these dependencies: FastAPI would hand a plain function to its thread pool, once per request.
     return request.app.state.provisioner  # type: ignore[no-any-return]
 
 
@@ -27,13 +28,13 @@ class Forbidden(ProvisionerError):
     code = "forbidden"
 
 
-def admin(principal: Annotated[Principal, Depends(principal_of)]) -> Principal:
+async def admin(principal: Annotated[Principal, Depends(principal_of)]) -> Principal:
     if not principal.is_admin:
         raise Forbidden(f"token {principal.name!r} ({principal.role}) may not do this: it takes an admin token")
     return principal
 
 
-def owner_scope(principal: Annotated[Principal, Depends(principal_of)]) -> str | None:
+async def owner_scope(principal: Annotated[Principal, Depends(principal_of)]) -> str | None:
     """Whose VMs (and their jobs) the caller sees and manages: an operator its own; an admin, and a viewer (reading
     only), everyone's (None)."""
     return principal.name if principal.role == "operator" else None

@@ -20,7 +20,7 @@ from engine.service import Provisioner
 TOKEN = re.compile(r"^[A-Za-z0-9_-]{20,128}$")
 
 
-def provisioner(request: Request) -> Provisioner:
+async def provisioner(request: Request) -> Provisioner:
     return request.app.state.provisioner  # type: ignore[no-any-return]
 
 
