@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from engine import cloudinit
 from engine.audit import AuditLog, Entry
@@ -128,6 +128,13 @@ class Provisioner:
                 query = query.where(Instance.id == instance_id)
             if owner is not None:
                 query = query.where(Instance.owner == owner)
+            if instance_id is None:  # a list: what no listing shows stays in the database (JSON decoding is its cost)
+                query = query.options(
+                    defer(Instance.meta, raiseload=True),
+                    defer(Instance.ssh_keys, raiseload=True),
+                    defer(Instance.boot_command, raiseload=True),
+                    defer(Instance.host_key, raiseload=True),
+                )
             instances = list(session.scalars(query.order_by(Instance.id)))
             jobs = self._open_jobs(session, [i.id for i in instances] if instance_id is not None else None)
         views = []
