@@ -53,6 +53,9 @@ def add_vm_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     extend = actions.add_parser("extend", help="set the VM's lease: deleted LEASE seconds from now")
     extend.add_argument("id")
     extend.add_argument("--lease", type=int, required=True)
+    logs = actions.add_parser("logs", help="the VM's job events (--follow: as they come, until Ctrl-C)")
+    logs.add_argument("id")
+    logs.add_argument("--follow", action="store_true")
     ssh = actions.add_parser("ssh", help="ssh to the VM as its user (arguments after -- go to ssh's command)")
     ssh.add_argument("id")
     ssh.add_argument("command", nargs=argparse.REMAINDER)
@@ -72,6 +75,8 @@ def run(args: argparse.Namespace) -> None:
     except ClientError as exc:
         console.print(f"[red]{exc}[/red]", highlight=False)
         raise SystemExit(exc.exit_code) from None
+    except KeyboardInterrupt:  # leaving `logs --follow` or a `--wait`: the job goes on
+        raise SystemExit(130) from None
     raise SystemExit(code)
 
 
@@ -142,6 +147,24 @@ def extend(client: ApiClient, args: argparse.Namespace, _console: Console) -> in
     vm = client.request("PATCH", f"/v1/vms/{args.id}", json={"lease": args.lease})
     print(json.dumps(vm, indent=2) if args.json else f"{vm['id']} is deleted at {vm['expires_at']}")
     return 0
+
+
+def logs(client: ApiClient, args: argparse.Namespace, _console: Console) -> int:
+    after = 0
+    while True:
+        page = client.get(f"/v1/vms/{args.id}/logs", params={"after": after, "limit": 1000})
+        for line in page["lines"]:
+            if args.json:
+                print(json.dumps(line))
+            elif line["event"] == "playbook_on_task_start" and line["task"]:
+                print(f"{line['at']}  {line['kind']:<8} {line['task']}")
+            elif line["stdout"].strip():
+                print(f"{line['at']}  {line['kind']:<8} {line['stdout'].strip()}")
+        after = page["next_after"]
+        if not args.follow:
+            return 0
+        if not page["lines"]:
+            time.sleep(1.0)
 
 
 def ssh(client: ApiClient, args: argparse.Namespace, console: Console) -> int:
@@ -227,5 +250,6 @@ COMMANDS = {
     "reboot": power,
     "delete": delete,
     "extend": extend,
+    "logs": logs,
     "ssh": ssh,
 }

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from engine.models import TokenRole
 from engine.tokens import Quotas, Tokens
 from tests.conftest import ROOT, SITE_KEY, USER_KEY, LiveService, visa_body, wait_for
+from tests.helpers.faults import control
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ansible")]
 
@@ -203,6 +204,8 @@ def test_the_cli_creates_with_wait_lists_shows_sshes_and_deletes(service: LiveSe
     assert (listed["name"], listed["state"], listed["owner"]) == ("cli-one", "running", "cli-user")
     shown = vm("show", listed["id"])
     assert shown.returncode == 0 and f"ssh {listed['ssh']['user']}@{listed['address']}" in shown.stdout
+    logged = vm("logs", listed["id"])
+    assert logged.returncode == 0 and "create   Converge the VM" in logged.stdout
     assert vm("ssh", listed["id"], "--", "true").returncode == 0
     ssh_args = (tmp_path / "ssh-args").read_text(encoding="utf-8").split()
     assert ssh_args == ["-p", "22", f"{listed['ssh']['user']}@{listed['address']}", "true"]
@@ -238,3 +241,23 @@ def test_a_vms_logs_are_its_jobs_events_paged_and_followed(service: LiveService,
         assert mallory.get(f"/v1/vms/{vm['id']}/logs").status_code == 404
     assert alice.delete(f"/v1/vms/{vm['id']}").status_code == 202
     wait_gone(alice, vm["id"])
+
+
+def test_a_create_that_fails_leaves_a_vm_whose_get_says_why(simulator: Any, alice: httpx.Client):
+    clone_fails = {"fault": "error", "method": "POST", "path": "/clone", "status": 500, "times": 1000}
+    assert control(simulator, "POST", clone_fails).status_code == 200
+    try:
+        vm_id = alice.post("/v1/vms", json=vm_body("alice-fails")).json()["vm"]["id"]
+
+        def failed() -> dict[str, Any] | None:
+            body = alice.get(f"/v1/vms/{vm_id}").json()
+            return body if body["state"] == "error" else None
+
+        broken = wait_for(failed, timeout=180, what="the create to fail")
+    finally:
+        assert control(simulator, "DELETE").status_code == 200
+    assert broken["error"] and broken["error"] != "error", "the job's error, not a placeholder"
+    [create] = broken["jobs"]
+    assert create["kind"] == "create" and create["state"] in ("failed", "error") and create["error"]
+    assert alice.delete(f"/v1/vms/{vm_id}").status_code == 202
+    wait_gone(alice, vm_id)
