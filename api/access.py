@@ -31,6 +31,10 @@ TOKEN_RECHECK_S = 2.0
 MAX_RECORDED_BODY = 64 * 1024  # bytes of a request body the audit trail reads its parameters from
 
 
+class TokenLookupFailed(Exception):
+    """The store did not answer whether a token is valid."""
+
+
 def under(path: str, prefix: str) -> bool:
     return path == prefix or path.startswith(prefix + "/")
 
@@ -62,7 +66,12 @@ class OperatorGuard:
         if not under(path, PREFIX):
             await self.app(scope, receive, send)
             return
-        principal = await self._principal(scope)
+        try:
+            principal = await self._principal(scope)
+        except TokenLookupFailed:
+            body = {"code": "store_unavailable", "message": "the token could not be checked; try again"}
+            await JSONResponse(body, status_code=503)(scope, receive, send)
+            return
         if principal is None:
             body = {"code": "unauthorized", "message": "missing or invalid operator token (Authorization: Bearer …)"}
             await JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
@@ -93,7 +102,11 @@ class OperatorGuard:
             lookup = asyncio.ensure_future(run_in_threadpool(scope["app"].state.provisioner.authenticate, given))
             self._looking[key] = lookup
             lookup.add_done_callback(lambda _done: self._looking.pop(key, None))
-        principal = await asyncio.shield(lookup)
+        try:
+            principal = await asyncio.shield(lookup)
+        except Exception:
+            log.exception("could not look the token up")
+            raise TokenLookupFailed from None
         if principal is not None:
             self._recent[key] = principal
         return principal

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
@@ -31,6 +32,7 @@ from engine.settings import Settings
 from engine.store import OPEN, Store, aware
 
 IDEMPOTENCY_KEPT = timedelta(hours=48)  # an Idempotency-Key answers the same VM again for at least 24 h
+KEY_CLEANUP_EVERY_S = 600.0
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ class Reconciler:
         self._settings = settings
         self._interval = interval_s
         self._missing: dict[int, int] = {}
+        self._next_key_cleanup = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -88,7 +91,9 @@ class Reconciler:
     def reconcile(self) -> None:
         for vmid in self._store.end_leases(utcnow()):
             log.info("instance %s: its lease ended; deleting it", vmid)
-        self._store.forget_idempotency_keys(utcnow() - IDEMPOTENCY_KEPT)
+        if time.monotonic() >= self._next_key_cleanup:
+            self._next_key_cleanup = time.monotonic() + KEY_CLEANUP_EVERY_S
+            self._store.forget_idempotency_keys(utcnow() - IDEMPOTENCY_KEPT)
         snapshot = self._cluster.snapshot()
         if snapshot is None:
             return

@@ -444,16 +444,16 @@ class Store:
 
     def end_leases(self, now: datetime) -> list[int]:
         """The instances whose lease ended by now go DELETING with a delete job (as `request_delete`); their ids."""
+        ended = select(Instance).where(
+            Instance.expires_at.is_not(None),
+            Instance.expires_at <= now,
+            Instance.lifecycle.in_((Lifecycle.BUILDING, Lifecycle.PROVISIONED, Lifecycle.ERROR)),
+        )
+        with self.db.session() as session:  # most passes find none: no write lock for them
+            if session.scalar(ended.with_only_columns(Instance.id).limit(1)) is None:
+                return []
         with self.db.write() as session:
-            due = list(
-                session.scalars(
-                    select(Instance).where(
-                        Instance.expires_at.is_not(None),
-                        Instance.expires_at <= now,
-                        Instance.lifecycle.in_((Lifecycle.BUILDING, Lifecycle.PROVISIONED, Lifecycle.ERROR)),
-                    )
-                )
-            )
+            due = list(session.scalars(ended))
             for instance in due:
                 self._supersede(session, instance.id, "superseded by the end of its lease")
                 instance.lifecycle = Lifecycle.DELETING

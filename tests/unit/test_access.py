@@ -210,3 +210,14 @@ def test_the_audit_log_pages_with_its_filters(operator_client: TestClient, owned
     assert ([e["target"] for e in rest["entries"]], rest["next_before"]) == (["instance_id=0"], None)
     assert operator_client.get("/v1/audit", params={"actor": "alice"}).json() == {"entries": [], "next_before": None}
     assert operator_client.get("/v1/audit", params={"limit": 0}).status_code == 400
+
+
+def test_a_store_that_cannot_check_a_token_is_a_503_not_a_crash(app: FastAPI, fake: FakeProvisioner):
+    def broken(_token: str) -> None:
+        raise RuntimeError("database is locked")
+
+    fake.authenticate = broken  # type: ignore[method-assign]
+    with TestClient(app, headers={"Authorization": f"Bearer {ALICE}"}) as client:
+        answer = client.get("/v1/jobs")
+    assert (answer.status_code, answer.json()["code"]) == (503, "store_unavailable")
+    assert "database" not in answer.text
