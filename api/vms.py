@@ -66,10 +66,31 @@ TRANSITIONS = {
 PrincipalDep = Annotated[Principal, Depends(principal_of)]
 
 
-class VmCreate(BaseModel):
-    """POST /v1/vms: a size as `flavour`, `size`, or raw `cpus`/`memory_mb`/`disk_gb` (one of the three)."""
+class Lease(BaseModel):
+    """An end for a VM's lease: `lease` seconds from now, or `expires_at` (RFC 3339), not both; neither: no end."""
 
     model_config = ConfigDict(extra="forbid")
+
+    lease: Annotated[int, Field(ge=60, le=MAX_LEASE_S)] | None = None  # seconds from now
+    expires_at: datetime | None = None
+
+    @model_validator(mode="after")
+    def _not_both(self) -> Lease:
+        if self.lease is not None and self.expires_at is not None:
+            raise ValueError("give lease (seconds) or expires_at, not both")
+        return self
+
+    @field_validator("expires_at")
+    @classmethod
+    def _future(cls, value: datetime | None) -> datetime | None:
+        return _future_end(value)
+
+    def ends_at(self) -> datetime | None:
+        return datetime.now(UTC) + timedelta(seconds=self.lease) if self.lease is not None else self.expires_at
+
+
+class VmCreate(Lease):
+    """POST /v1/vms: a size as `flavour`, `size`, or raw `cpus`/`memory_mb`/`disk_gb` (one of the three)."""
 
     name: Annotated[Text, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
     image: Annotated[Text, Field(min_length=1, max_length=255)]
@@ -83,45 +104,20 @@ class VmCreate(BaseModel):
     metadata: Annotated[
         dict[Annotated[Text, Field(max_length=255)], Annotated[Text, Field(max_length=4096)]], Field(max_length=64)
     ] = {}
-    lease: Annotated[int, Field(ge=60, le=MAX_LEASE_S)] | None = None  # seconds from now
-    expires_at: datetime | None = None
 
     @model_validator(mode="after")
-    def _one_size_and_one_lease(self) -> VmCreate:
+    def _one_size(self) -> VmCreate:
         raw = [self.cpus, self.memory_mb, self.disk_gb]
         given = [self.flavour is not None, self.size is not None, any(v is not None for v in raw)]
         if sum(given) != 1:
             raise ValueError("give exactly one of flavour, size, or cpus/memory_mb/disk_gb")
         if given[2] and any(v is None for v in raw):
             raise ValueError("raw resources need all of cpus, memory_mb and disk_gb")
-        if self.lease is not None and self.expires_at is not None:
-            raise ValueError("give lease (seconds) or expires_at, not both")
         return self
 
-    @field_validator("expires_at")
-    @classmethod
-    def _future(cls, value: datetime | None) -> datetime | None:
-        return _future_end(value)
 
-
-class LeaseChange(BaseModel):
-    """PATCH /v1/vms/{id}: a new end for the lease, in seconds from now or as a time; `null` both: no end."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    lease: Annotated[int, Field(ge=60, le=MAX_LEASE_S)] | None = None
-    expires_at: datetime | None = None
-
-    @model_validator(mode="after")
-    def _not_both(self) -> LeaseChange:
-        if self.lease is not None and self.expires_at is not None:
-            raise ValueError("give lease (seconds) or expires_at, not both")
-        return self
-
-    @field_validator("expires_at")
-    @classmethod
-    def _future(cls, value: datetime | None) -> datetime | None:
-        return _future_end(value)
+class LeaseChange(Lease):
+    """PATCH /v1/vms/{id}: a new end for the lease; `null` both: no end."""
 
 
 class SizeOut(BaseModel):
@@ -220,7 +216,7 @@ async def create_vm(
         resources=_resources(body),
         ssh_keys=tuple(_keys(body.ssh_keys)),
         login_user=body.user,
-        expires_at=_lease_end(body.lease, body.expires_at),
+        expires_at=body.ends_at(),
         quotas=principal.quotas,
         idempotency=(idempotency_key, _digest(await request.body())) if idempotency_key else None,
     )
@@ -295,7 +291,7 @@ def delete_vm(vm_id: str, service: ProvisionerDep, principal: PrincipalDep) -> J
 def change_lease(vm_id: str, body: LeaseChange, service: ProvisionerDep, principal: PrincipalDep) -> VmOut:
     """Extend, shorten or end the lease: the VM is deleted at its end, also after a restart."""
     view = _operator_view(service, vm_id, _scope(principal))
-    service.set_lease(view.instance.id, _scope(principal), _lease_end(body.lease, body.expires_at))
+    service.set_lease(view.instance.id, _scope(principal), body.ends_at())
     return vm_out(_operator_view(service, vm_id, _scope(principal)), service)
 
 
@@ -452,10 +448,6 @@ def _keys(keys: list[str]) -> list[str]:
         except InvalidSSHKey as exc:
             raise InvalidSSHKeyError(f"ssh_keys[{index}]: {exc}") from exc
     return normalised
-
-
-def _lease_end(lease_s: int | None, expires_at: datetime | None) -> datetime | None:
-    return datetime.now(UTC) + timedelta(seconds=lease_s) if lease_s is not None else expires_at
 
 
 def _future_end(value: datetime | None) -> datetime | None:
