@@ -106,7 +106,7 @@ class Provisioner:
 
     def flavour(self, flavour_id: str) -> Flavour:
         flavour_id = _known_form(FLAVOUR_ID, flavour_id, "flavour")
-        with self.store.read() as session:
+        with self.store.writing() as session:
             row = session.get(Flavour, flavour_id)
         if row is None:
             raise NotFound(f"flavour {flavour_id!r} does not exist")
@@ -321,7 +321,7 @@ class Provisioner:
             return [(event, job) for event, job in session.execute(query)]
 
     def put_flavour(self, spec: FlavourSpec) -> Flavour:
-        with self.store.read() as session:
+        with self.store.writing() as session:
             return upsert_flavour(session, spec)
 
     def delete_flavour(self, flavour_id: str) -> None:

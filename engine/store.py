@@ -76,6 +76,13 @@ class Store:
         with self.db.session() as session:
             yield session
 
+    @contextmanager
+    def writing(self) -> Iterator[Session]:
+        """A read-then-write of what no named transition covers (the flavour catalogue), under the write lock: on
+        SQLite a transaction that read first and then writes beside another writer fails at once, lock or no."""
+        with self.db.write() as session:
+            yield session
+
     # ------------------------------------------------------------ creates
 
     @contextmanager

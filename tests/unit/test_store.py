@@ -275,3 +275,33 @@ def test_stored_moments_read_back_as_the_same_moments_in_utc(db: Database):
     assert stored is not None and stored.utcoffset() in (None, timedelta(0))
     assert aware(stored) == moment
     assert Store(db).claim(take_all, "run-1") == [], "not due before that moment"
+
+
+def test_a_flavour_change_waits_for_another_writer_instead_of_failing(db: Database):
+    """It reads, then writes: without the write lock from its first statement, SQLite refuses such a transaction at
+    once beside another writer (the audit log's writer thread, the intake), which the API answered with a 500."""
+    store = Store(db)
+    holding, release = threading.Event(), threading.Event()
+
+    def other_writer() -> None:
+        with store.writing() as session:
+            session.add(Flavour(id="other", name="Other", cpus=1, ram_mb=512, disk_gb=5))
+            session.flush()
+            holding.set()
+            assert release.wait(10)
+
+    writer = threading.Thread(target=other_writer)
+    writer.start()
+    assert holding.wait(10)
+    timer = threading.Timer(0.3, release.set)
+    timer.start()
+    try:
+        with store.writing() as session:
+            assert session.get(Flavour, "other") is not None, "it began after the other writer committed"
+            session.add(Flavour(id="mine", name="Mine", cpus=1, ram_mb=512, disk_gb=5))
+    finally:
+        release.set()
+        writer.join()
+        timer.cancel()
+    with store.read() as session:
+        assert {f.id for f in session.query(Flavour).all()} >= {"other", "mine"}
