@@ -250,7 +250,7 @@ def _database() -> Database:
 def flavours(args: argparse.Namespace) -> None:
     database = _database()
     try:
-        with database.session() as session:
+        with database.write() as session:  # beside a running service: its writers wait, not fail
             if args.action == "set":
                 try:
                     spec = FlavourSpec(
