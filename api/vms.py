@@ -6,17 +6,13 @@ never sees them and they show up in the jobs, the audit log and the metrics.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import hashlib
 import json
-import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, status
-from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.concurrency import run_in_threadpool
 
@@ -40,8 +36,7 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "xlarge": (8, 16384, 80),
 }
 MAX_LEASE_S = 366 * 24 * 3600
-FOLLOW_POLL_S = 0.5  # how often a followed log looks for new lines
-KEEPALIVE_S = 15.0  # a comment line this often on a quiet stream, so proxies keep it open
+MAX_USER_DATA = 256 * 1024  # as VISA's bootCommand
 
 
 class VmState(enum.StrEnum):
@@ -104,6 +99,9 @@ class VmCreate(Lease):
     metadata: Annotated[
         dict[Annotated[Text, Field(max_length=255)], Annotated[Text, Field(max_length=4096)]], Field(max_length=64)
     ] = {}
+    # The guest's user-data as cloud-init takes it: a #cloud-config document, a #! script (run once, as root), a MIME
+    # multipart. The site's user and keys come in vendor-data: a #cloud-config here merges over them.
+    user_data: Annotated[Text, Field(min_length=1, max_length=MAX_USER_DATA)] | None = None
 
     @model_validator(mode="after")
     def _one_size(self) -> VmCreate:
@@ -211,10 +209,10 @@ async def create_vm(
         flavour_id=flavour_id,
         security_groups=[],
         metadata=dict(body.metadata),
-        boot_command=None,
+        boot_command=body.user_data,
         owner=principal.name,
         resources=_resources(body),
-        ssh_keys=tuple(_keys(body.ssh_keys)),
+        ssh_keys=tuple(normalised_keys(body.ssh_keys)),
         login_user=body.user,
         expires_at=body.ends_at(),
         quotas=principal.quotas,
@@ -258,7 +256,7 @@ def list_vms(
 @router.get("/vms/{vm_id}", response_model=VmOut)
 def get_vm(vm_id: str, service: ProvisionerDep, scope: OwnerDep) -> VmOut:
     """One VM, with its jobs."""
-    view = _operator_view(service, vm_id, scope)
+    view = operator_view(service, vm_id, scope)
     vm = vm_out(view, service)
     vm.jobs = [job_out(job) for job in service.jobs(None, view.instance.id, 100, scope)]
     return vm
@@ -283,84 +281,16 @@ def reboot_vm(vm_id: str, service: ProvisionerDep, principal: PrincipalDep) -> J
 @router.delete("/vms/{vm_id}", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted)
 def delete_vm(vm_id: str, service: ProvisionerDep, principal: PrincipalDep) -> JobAccepted:
     """Delete the VM (its delete job); asking again while it is queued answers that job."""
-    _operator_view(service, vm_id, _scope(principal))
-    return JobAccepted(job=job_out(service.delete(vm_id, _scope(principal))))
+    operator_view(service, vm_id, scope_of(principal))
+    return JobAccepted(job=job_out(service.delete(vm_id, scope_of(principal))))
 
 
 @router.patch("/vms/{vm_id}", response_model=VmOut)
 def change_lease(vm_id: str, body: LeaseChange, service: ProvisionerDep, principal: PrincipalDep) -> VmOut:
     """Extend, shorten or end the lease: the VM is deleted at its end, also after a restart."""
-    view = _operator_view(service, vm_id, _scope(principal))
-    service.set_lease(view.instance.id, _scope(principal), body.ends_at())
-    return vm_out(_operator_view(service, vm_id, _scope(principal)), service)
-
-
-class LogLine(BaseModel):
-    id: int  # pass as `after` (or Last-Event-ID) to read on
-    at: UtcDateTime
-    job_id: str
-    kind: str
-    event: str
-    task: str | None
-    stdout: str
-
-
-class LogPage(BaseModel):
-    lines: list[LogLine]
-    next_after: int  # the last line's id (or `after` when there was none)
-
-
-@router.get("/vms/{vm_id}/logs", response_model=LogPage)
-async def vm_logs(
-    vm_id: str,
-    request: Request,
-    service: ProvisionerDep,
-    scope: OwnerDep,
-    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
-    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
-    follow: bool = False,
-    last_event_id: Annotated[str | None, Header(max_length=20, pattern=r"^[0-9]+$")] = None,
-) -> Any:
-    """The VM's job events (every job: create, power, delete), oldest first. `follow=true`: a server-sent event stream
-    of them as they come (`id:` is the line's id; reconnect with Last-Event-ID), until the client leaves."""
-    vmid = (await run_in_threadpool(_operator_view, service, vm_id, scope)).instance.id
-    start = int(last_event_id) if last_event_id is not None else after
-    if not follow:
-        lines = await run_in_threadpool(_log_lines, service, vmid, start, limit)
-        return LogPage(lines=lines, next_after=lines[-1].id if lines else start)
-    return StreamingResponse(
-        _follow(request, service, vmid, start), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
-    )
-
-
-async def _follow(request: Request, service: Provisioner, vmid: int, after: int) -> AsyncIterator[str]:
-    quiet_since = time.monotonic()
-    while not await request.is_disconnected():
-        lines = await run_in_threadpool(_log_lines, service, vmid, after, 500)
-        for line in lines:
-            after = line.id
-            yield f"id: {line.id}\ndata: {line.model_dump_json()}\n\n"
-        if lines:
-            quiet_since = time.monotonic()
-        elif time.monotonic() - quiet_since > KEEPALIVE_S:
-            quiet_since = time.monotonic()
-            yield ": still here\n\n"
-        await asyncio.sleep(FOLLOW_POLL_S)
-
-
-def _log_lines(service: Provisioner, vmid: int, after: int, limit: int) -> list[LogLine]:
-    return [
-        LogLine(
-            id=event.id,
-            at=event.created_at,
-            job_id=job.id,
-            kind=job.kind,
-            event=event.event,
-            task=event.task,
-            stdout=event.stdout,
-        )
-        for event, job in service.instance_events(vmid, after, limit)
-    ]
+    view = operator_view(service, vm_id, scope_of(principal))
+    service.set_lease(view.instance.id, scope_of(principal), body.ends_at())
+    return vm_out(operator_view(service, vm_id, scope_of(principal)), service)
 
 
 # --------------------------------------------------------------------------------------------------------- helpers
@@ -406,7 +336,7 @@ def vm_state(view: InstanceView) -> VmState:
     return VmState.STOPPED if view.vm_status == "stopped" else VmState.UNKNOWN
 
 
-def _operator_view(service: Provisioner, vm_id: str, scope: str | None) -> InstanceView:
+def operator_view(service: Provisioner, vm_id: str, scope: str | None) -> InstanceView:
     """An operator VM (never VISA's), of `scope` when given."""
     view = service.view(vm_id, scope)
     if view.instance.owner == "visa":
@@ -414,13 +344,13 @@ def _operator_view(service: Provisioner, vm_id: str, scope: str | None) -> Insta
     return view
 
 
-def _scope(principal: Principal) -> str | None:
+def scope_of(principal: Principal) -> str | None:
     return None if principal.is_admin else principal.name
 
 
 def _power(service: Provisioner, principal: Principal, vm_id: str, kind: JobKind) -> JobAccepted:
-    _operator_view(service, vm_id, _scope(principal))
-    return JobAccepted(job=job_out(service.power(vm_id, kind, _scope(principal))))
+    operator_view(service, vm_id, scope_of(principal))
+    return JobAccepted(job=job_out(service.power(vm_id, kind, scope_of(principal))))
 
 
 def _flavour_id(body: VmCreate, service: Provisioner) -> str:
@@ -440,14 +370,16 @@ def _resources(body: VmCreate) -> Resources | None:
     return None
 
 
-def _keys(keys: list[str]) -> list[str]:
-    normalised = []
-    for index, key in enumerate(keys):
-        try:
-            normalised.append(normalise_key(key))
-        except InvalidSSHKey as exc:
-            raise InvalidSSHKeyError(f"ssh_keys[{index}]: {exc}") from exc
-    return normalised
+def normalised_keys(keys: list[str]) -> list[str]:
+    """The keys validated and normalised; an error names the key (`ssh_keys[1]: …`) and why."""
+    return [normalised_key(key, f"ssh_keys[{index}]") for index, key in enumerate(keys)]
+
+
+def normalised_key(key: str, where: str) -> str:
+    try:
+        return normalise_key(key)
+    except InvalidSSHKey as exc:
+        raise InvalidSSHKeyError(f"{where}: {exc}") from exc
 
 
 def _future_end(value: datetime | None) -> datetime | None:

@@ -67,6 +67,18 @@ class Conflict(ProvisionerError):
     code = "conflict"
 
 
+class SiteKey(ProvisionerError):
+    """A site key (configured for every VM, or the provisioner's own guest key) cannot leave one VM."""
+
+    status = 409
+    code = "site_key"
+
+
+class GuestAccessDisabled(ProvisionerError):
+    status = 409
+    code = "guest_access_disabled"
+
+
 class BackendUnavailable(ProvisionerError):
     status = 503
     code = "backend_unavailable"

@@ -80,6 +80,7 @@ class JobKind(enum.StrEnum):
     REBOOT = "reboot"
     FIREWALL = "firewall"
     REGISTER = "register"  # the VM in the discovery registry, when the create could not register it
+    KEYS = "keys"  # the user's authorized keys in a running guest, over SSH
 
 
 class Instance(Base):
@@ -99,7 +100,11 @@ class Instance(Base):
     boot_command: Mapped[str | None] = mapped_column(Text, default=None)
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
     security_groups: Mapped[list[str]] = mapped_column(default=list)
-    ssh_keys: Mapped[list[str]] = mapped_column(default=list)
+    ssh_keys: Mapped[list[str]] = mapped_column(default=list)  # what the guest's user must have: the seed's too
+    # Keys removed through the API: every key change makes them absent from the guest (a key added back leaves).
+    ssh_keys_removed: Mapped[list[str]] = mapped_column(default=list)
+    # The last key change found the VM stopped: its next start applies the keys (cloud-init adds keys only once).
+    ssh_keys_pending: Mapped[bool] = mapped_column(Boolean, default=False)
     # The seed token's digest and the nonce it is derived from (engine/seeds.py); the clear token only on rows an
     # older release stored.
     seed_token_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)

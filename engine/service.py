@@ -18,8 +18,9 @@ from sqlalchemy.orm import Session, defer
 from engine import cloudinit
 from engine.audit import AuditLog, Entry
 from engine.capacity import building_reservations, instances_in_quota
-from engine.errors import BackendUnavailable, NotFound
+from engine.errors import BackendUnavailable, GuestAccessDisabled, NotFound, SiteKey
 from engine.flavours import FlavourSpec, list_flavours, upsert_flavour
+from engine.guestlogs import GuestLogin
 from engine.intake import Created, CreateIntake, CreateRequest, check_security_groups
 from engine.jobs.queue import JobQueue
 from engine.models import AuditEntry, Flavour, Instance, Job, JobEvent, JobKind, JobState, Lifecycle, Worker, utcnow
@@ -27,6 +28,7 @@ from engine.naming import FLAVOUR_ID, JOB_ID, as_vmid, hostname
 from engine.proxmox import ClusterView, ProxmoxUnavailable, Snapshot
 from engine.seeds import SeedTokens
 from engine.settings import Settings
+from engine.sshkeys import fingerprint, key_material
 from engine.store import Store, aware
 from engine.tokens import Principal, Tokens
 
@@ -75,6 +77,7 @@ class Provisioner:
         self.store = store
         self.cluster = cluster
         self.site_keys = site_keys
+        self.seeds = seeds
         self.queue = queue  # the workers run the jobs this service records; told when there are new ones
         self.intake = CreateIntake(settings, store, seeds, cluster, site_keys, on_committed=queue.notify)
         self.tokens = Tokens(store.db)
@@ -132,6 +135,7 @@ class Provisioner:
                 query = query.options(
                     defer(Instance.meta, raiseload=True),
                     defer(Instance.ssh_keys, raiseload=True),
+                    defer(Instance.ssh_keys_removed, raiseload=True),
                     defer(Instance.boot_command, raiseload=True),
                     defer(Instance.host_key, raiseload=True),
                 )
@@ -222,6 +226,52 @@ class Provisioner:
         if job is not None:
             self.queue.notify()
         return job
+
+    def ssh_keys(self, vmid: int, owner: str | None) -> tuple[Instance, bool]:
+        """The instance (its keys) and whether a key change is under way (a keys job not finished)."""
+        return self.store.keys_of(vmid, owner)
+
+    def add_ssh_key(self, vmid: int, owner: str | None, key: str) -> tuple[Instance, Job | None]:
+        """The key in the VM's seed at once, and in its guest by a keys job (at its next start when it is stopped)."""
+        self._check_guest_access()
+        instance, job = self.store.change_keys(vmid, owner, add=key, in_guest=not self.settings.emulated_guests)
+        if job is not None:
+            self.queue.notify()
+        return instance, job
+
+    def remove_ssh_key(self, vmid: int, owner: str | None, key_fingerprint: str) -> tuple[Instance, Job | None]:
+        """The key with this fingerprint out of the seed and, by a keys job, out of the guest; never a site key."""
+        self._check_guest_access()
+        instance, _busy = self.ssh_keys(vmid, owner)
+        key = next((k for k in instance.ssh_keys if fingerprint(k) == key_fingerprint), None)
+        if key is None:
+            raise NotFound(f"instance {vmid} has no key with fingerprint {key_fingerprint}")
+        if key_material(key) in {key_material(k) for k in self.site_keys}:
+            raise SiteKey(f"{key_fingerprint} is a site key: every VM has it, and the provisioner logs in with it")
+        instance, job = self.store.change_keys(vmid, owner, remove=key, in_guest=not self.settings.emulated_guests)
+        if job is not None:
+            self.queue.notify()
+        return instance, job
+
+    def guest_login(self, view: InstanceView) -> GuestLogin | str:
+        """How to log in to the VM's guest to read it (engine/guestlogs.py), or why it cannot be done now."""
+        instance = view.instance
+        if not self.settings.guest_access:
+            return "the provisioner has no key in guests (PROVISIONER_GUEST_ACCESS=false)"
+        if self.settings.emulated_guests:
+            return "the simulator's emulated guests have no SSH (PROVISIONER_SIM_GUESTS=container boots real ones)"
+        if view.vm_status != "running" or not instance.address:
+            return "the VM is not running"
+        if not instance.host_key:
+            return "the guest has not phoned home yet"
+        user = instance.login_user or self.settings.cloud_init_user
+        return GuestLogin(instance.address, user, instance.host_key, self.settings.guest_key_path)
+
+    def _check_guest_access(self) -> None:
+        if not self.settings.guest_access:
+            raise GuestAccessDisabled(
+                "keys cannot change on existing VMs: the provisioner has no key in guests (PROVISIONER_GUEST_ACCESS)"
+            )
 
     # ---------------------------------------------------------- seed server
 

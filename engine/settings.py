@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     ssh_public_keys: str = Field("", validation_alias=env("PROVISIONER_SSH_PUBLIC_KEYS"))
     ssh_public_key_files: str = Field("", validation_alias=env("PROVISIONER_SSH_PUBLIC_KEY_FILES"))
     ssh_key_metadata_field: str = Field("sshPublicKey", validation_alias=env("PROVISIONER_SSH_KEY_METADATA_FIELD"))
+    # The provisioner's own key in every guest (engine/guestkey.py): key changes on running VMs and cloud-init's
+    # output in a VM's logs log in with it. false: no such key, and neither is offered.
+    guest_access: bool = Field(True, validation_alias=env("PROVISIONER_GUEST_ACCESS"))
+    guest_key_file: Path | None = Field(None, validation_alias=env("PROVISIONER_GUEST_KEY_FILE"))
     cloud_init_user: str = Field(
         "visa", pattern=r"^[a-z_][a-z0-9_-]{0,31}$", validation_alias=env("PROVISIONER_CLOUD_INIT_USER")
     )
@@ -206,6 +210,11 @@ class Settings(BaseSettings):
         return self.proxmox_endpoint is None
 
     @property
+    def emulated_guests(self) -> bool:
+        """The embedded simulator's guests are a timer, with no SSH: key changes reach their seeds only."""
+        return self.simulated and self.sim_guests == "none"
+
+    @property
     def proxmox_host(self) -> str:
         return urlsplit(self.proxmox_endpoint or "").hostname or ""
 
@@ -255,6 +264,10 @@ class Settings(BaseSettings):
     @property
     def runs_dir(self) -> Path:
         return self.state_dir / "runs"
+
+    @property
+    def guest_key_path(self) -> Path:
+        return self.guest_key_file or self.state_dir / "guest_ed25519"
 
     @property
     def seed_key_path(self) -> Path:

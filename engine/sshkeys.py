@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import struct
 from pathlib import Path
 
@@ -47,6 +48,18 @@ def normalise_key(text: str) -> str:
     if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
         raise InvalidSSHKey(f"RSA keys must have at least {MIN_RSA_BITS} bits, this one has {key.key_size}")
     return line
+
+
+def key_material(key: str) -> str:
+    """The key itself (its base64 field): two lines with it are the same key, whatever their comments."""
+    parts = key.split()
+    return parts[1] if len(parts) > 1 else key
+
+
+def fingerprint(key: str) -> str:
+    """OpenSSH's fingerprint of a public key line, as `ssh-keygen -l` shows it: SHA256:<base64, no padding>."""
+    digest = hashlib.sha256(base64.b64decode(key_material(key))).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
 
 
 def _check_security_key(key_type: str, data: str) -> None:

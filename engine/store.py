@@ -39,8 +39,10 @@ from engine.models import (
     Worker,
     utcnow,
 )
+from engine.sshkeys import key_material
 
 OPEN = (JobState.PENDING, JobState.RUNNING)
+MAX_REMOVED_KEYS = 64  # keys removed through the API that every key change keeps absent from the guest
 POWER_JOBS = (JobKind.START, JobKind.SHUTDOWN, JobKind.STOP, JobKind.REBOOT)
 
 
@@ -138,6 +140,37 @@ class Store:
             instance.security_groups = wanted
             # Queued behind a create that may already be running with the old list; idempotent either way.
             return _enqueue(session, instance.id, JobKind.FIREWALL, {"add": add, "remove": remove})
+
+    def keys_of(self, vmid: int, owner: str | None) -> tuple[Instance, bool]:
+        """The instance (with its keys) and whether a keys job for it has not finished."""
+        with self.db.session() as session:
+            instance = _instance(session, vmid, owner=owner)
+            busy = session.scalar(_open_jobs(vmid).where(Job.kind == JobKind.KEYS).limit(1))
+            return instance, busy is not None
+
+    def change_keys(
+        self, vmid: int, owner: str | None, add: str | None = None, remove: str | None = None, in_guest: bool = True
+    ) -> tuple[Instance, Job | None]:
+        """The instance's SSH keys (its seed's and, by a keys job when `in_guest`, its guest's), read and written
+        under the write lock; no job when nothing changes. `remove` is a key the instance has (the caller found it)."""
+        with self.db.write() as session:
+            instance = _instance(session, vmid, lock=True, owner=owner)
+            keys, removed = list(instance.ssh_keys), list(instance.ssh_keys_removed)
+            if add is not None and key_material(add) not in map(key_material, keys):
+                keys.append(add)
+                removed = [k for k in removed if key_material(k) != key_material(add)]
+            if remove is not None and remove in keys:
+                keys.remove(remove)
+                removed = [*removed, remove][-MAX_REMOVED_KEYS:]
+            if keys == instance.ssh_keys:
+                return instance, None
+            instance.ssh_keys, instance.ssh_keys_removed = keys, removed
+            if not in_guest:
+                return instance, None
+            # A keys job still waiting applies whatever the keys are when it runs: no second one.
+            waiting = session.scalar(_open_jobs(vmid).where(Job.kind == JobKind.KEYS, Job.state == JobState.PENDING))
+            job = waiting or _enqueue(session, vmid, JobKind.KEYS, {}, max_attempts=KINDS[JobKind.KEYS].attempts)
+            return instance, job
 
     def record_phone_home(self, instance_id: int, host_key: str | None) -> None:
         with self.db.write() as session:

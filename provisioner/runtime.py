@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import Lifespan
 
-from api import operator, seed, vms
+from api import operator, seed, vm_keys, vm_logs, vms
 from api.access import AuditTrail
 from common.files import make_private_dir, write_private
 from discovery.client import RegistryClient
@@ -26,6 +26,7 @@ from engine.capacity import building_reservations
 from engine.db import Database
 from engine.duties import DutyLease, holder_id
 from engine.flavours import seed_flavours
+from engine.guestkey import GuestKey
 from engine.jobs import bell
 from engine.jobs.procrastinate_queue import ProcrastinateQueue, sync_app
 from engine.jobs.queue import JobQueue, StoreQueue
@@ -79,6 +80,9 @@ class Runtime:
             self.settings = self.settings.model_copy(update={"provider_id": provider_id(key)})
         settings = self.settings
         self.seeds = SeedTokens.from_file(settings.seed_key_path)
+        if settings.guest_access:
+            guest_key = GuestKey.load_or_create(settings.guest_key_path).public
+            self.keys = [*(k for k in self.keys if k.split()[:2] != guest_key.split()[:2]), guest_key]
         self.db.migrate()
         with self.db.session() as session:
             added = seed_flavours(session, settings.flavours_file)
@@ -274,6 +278,8 @@ def build_app(settings: Settings, lifespan: Lifespan[FastAPI] | None = None) -> 
     if settings.operator_api:
         operator.install(app, settings.operator_token.get_secret_value() if settings.operator_token else None)
         app.include_router(vms.router)
+        app.include_router(vm_keys.router)
+        app.include_router(vm_logs.router)
     app.include_router(operator.health)
     app.include_router(seed.build_router(settings.seed_path_prefix))
     return app

@@ -149,6 +149,7 @@ def start_service(
     if getattr(simulator, "guest_gateway", None):  # real guests reach the seeds at the gateway, forwarded here
         reachable = simulator.expose(sock.getsockname()[1], "127.0.0.1", sock.getsockname()[1])
         overrides.setdefault("metadata_server", f"http://{reachable}/seed/")
+        overrides.setdefault("sim_guests", "container")  # not emulated: key changes and logs log in to the guests
     values: dict[str, Any] = {
         "auth_token": TOKEN,
         "operator_token": OPERATOR_TOKEN,

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from engine.jobs.outcome import ADDRESS, HostOutcome
+from engine.jobs.outcome import ADDRESS, KEYS_APPLIED, HostOutcome
 from engine.models import Instance, Job, JobKind, Lifecycle, utcnow
 from engine.seeds import SeedTokens
 from engine.settings import Settings
@@ -113,6 +113,31 @@ def _power_up_variables(context: Context, _job: Job, instance: Instance) -> dict
     }
 
 
+def _start_variables(context: Context, job: Job, instance: Instance) -> dict[str, Any]:
+    """A start, and the keys a key change made while the VM was stopped (start.yml applies them once it is up)."""
+    variables = _power_up_variables(context, job, instance)
+    if instance.ssh_keys_pending and context.settings.guest_access:
+        variables |= _guest_keys(context, instance)
+    return variables
+
+
+def _keys_variables(context: Context, _job: Job, instance: Instance) -> dict[str, Any]:
+    return _guest_keys(context, instance) | {"guest_ssh_keys_address": instance.address}
+
+
+def _guest_keys(context: Context, instance: Instance) -> dict[str, Any]:
+    """The guest_ssh_keys role's variables: the instance's keys, logged in with the provisioner's guest key."""
+    return {
+        "guest_ssh_keys_vmid": instance.id,
+        "guest_ssh_keys_user": instance.login_user or context.settings.cloud_init_user,
+        "guest_ssh_keys_present": list(instance.ssh_keys),
+        "guest_ssh_keys_absent": list(instance.ssh_keys_removed),
+        "guest_ssh_keys_private_key_file": str(context.settings.guest_key_path),
+        "guest_ssh_keys_host_key": instance.host_key,
+        "guest_ssh_keys_timeout": context.settings.address_timeout_s,
+    }
+
+
 def _power_down_variables(force: bool) -> Variables:
     return lambda _context, _job, instance: {"proxmox_vm_power_vmid": instance.id, "proxmox_vm_power_force": force}
 
@@ -154,6 +179,13 @@ def _register_variables(_context: Context, _job: Job, instance: Instance) -> dic
     return _registration(instance) | {"discovery_host_address": instance.address or ""}
 
 
+def _keys_changed(_job: Job, instance: Instance, outcome: HostOutcome) -> None:
+    """A key change (or a start that carried one): applied in the guest, or waiting for the VM's next start."""
+    applied = outcome.facts.get(KEYS_APPLIED)
+    if outcome.ok and applied is not None:
+        instance.ssh_keys_pending = str(applied).lower() != "true"
+
+
 def _unchanged(_job: Job, _instance: Instance, _outcome: HostOutcome) -> None:
     """The power and firewall kinds change nothing but the address (taken for every kind)."""
 
@@ -161,12 +193,13 @@ def _unchanged(_job: Job, _instance: Instance, _outcome: HostOutcome) -> None:
 KINDS: dict[JobKind, Kind] = {
     JobKind.CREATE: Kind("create.yml", _create_variables, _created),
     JobKind.DELETE: Kind("delete.yml", _delete_variables, _deleted, attempts=5),
-    JobKind.START: Kind("start.yml", _power_up_variables, _unchanged),
+    JobKind.START: Kind("start.yml", _start_variables, _keys_changed),
     JobKind.SHUTDOWN: Kind("stop.yml", _power_down_variables(force=False), _unchanged),
     JobKind.STOP: Kind("stop.yml", _power_down_variables(force=True), _unchanged),
     JobKind.REBOOT: Kind("reboot.yml", _power_up_variables, _unchanged, rerun_after_crash=False),
     JobKind.FIREWALL: Kind("firewall.yml", _firewall_variables, _unchanged),
     JobKind.REGISTER: Kind("register.yml", _register_variables, _registered),
+    JobKind.KEYS: Kind("keys.yml", _keys_variables, _keys_changed, attempts=3),
 }
 
 

@@ -8,6 +8,9 @@ from typing import Any
 
 # The key of a VM module result that carries the guest's address (when the call waited for one).
 ADDRESS = "address"
+# Facts a role sets as its result (set_fact) that the job kinds read (docs/contract.md §2).
+KEYS_APPLIED = "guest_ssh_keys_applied"
+REPORTED_FACTS = (KEYS_APPLIED,)
 
 
 @dataclass

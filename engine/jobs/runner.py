@@ -24,7 +24,7 @@ import ansible_runner
 import ansible_runner.interface
 import yaml
 
-from engine.jobs.outcome import ADDRESS, EventRecord, HostOutcome, RunOutcome
+from engine.jobs.outcome import ADDRESS, REPORTED_FACTS, EventRecord, HostOutcome, RunOutcome
 from engine.jobs.processes import kill_run_processes
 from engine.jobs.redact import Redactor
 
@@ -165,6 +165,8 @@ class PlaybookRun:
             from_vm_module = VM_MODULE in (data.get("resolved_action"), data.get("task_action"))
             if name == "runner_on_ok" and from_vm_module and res.get(ADDRESS):
                 outcome.facts[ADDRESS] = str(res[ADDRESS])
+            if name == "runner_on_ok" and isinstance(facts := res.get("ansible_facts"), dict):
+                outcome.facts.update((key, facts[key]) for key in REPORTED_FACTS if key in facts)
             if name in FAILED_EVENTS and not data.get("ignore_errors"):
                 outcome.ok = False
                 outcome.failed_task = data.get("task")

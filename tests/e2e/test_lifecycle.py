@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from engine.guestkey import GuestKey
 from simulator import guest_ipv4
 from tests.conftest import SITE_KEY, USER_KEY, LiveService, visa_body, wait_for
 
@@ -83,7 +84,8 @@ def test_the_guest_got_its_seed_with_our_keys_and_phoned_home(
     assert run.datasource == "NoCloudNet"
     vendor = yaml.safe_load(run.body("vendor-data"))
     assert vendor["users"][0]["name"] == service.settings.cloud_init_user
-    assert vendor["users"][0]["ssh_authorized_keys"] == [SITE_KEY, USER_KEY]
+    guest_key = GuestKey.load(service.settings.guest_key_path).public  # the provisioner's own, in every guest
+    assert vendor["users"][0]["ssh_authorized_keys"] == [SITE_KEY, guest_key, USER_KEY]
     assert run.body("user-data") == BOOT
     meta = yaml.safe_load(run.body("meta-data"))
     assert meta["meta"] == {"owner": "alice", "instruments": "", "proposals": "", "sshPublicKey": USER_KEY}

@@ -4,6 +4,7 @@ operators each see and change only their own."""
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -15,9 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from engine.guestkey import GuestKey
 from engine.models import TokenRole
 from engine.tokens import Quotas, Tokens
 from tests.conftest import ROOT, SITE_KEY, USER_KEY, LiveService, visa_body, wait_for
@@ -25,6 +28,7 @@ from tests.helpers.faults import control
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ansible")]
 
+EMULATED = "the simulator's emulated guests have no SSH (PROVISIONER_SIM_GUESTS=container boots real ones)"
 OTHER_KEY = (
     Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
     + " other@example.org"
@@ -40,6 +44,22 @@ def as_token(service: LiveService, name: str, role: TokenRole = TokenRole.OPERAT
 def alice(service: LiveService) -> Iterator[httpx.Client]:
     with as_token(service, "alice") as client:
         yield client
+
+
+def guest_key(service: LiveService) -> str:
+    return GuestKey.load(service.settings.guest_key_path).public
+
+
+def server_sent_events(stream: httpx.Response) -> Iterator[tuple[str, Any]]:
+    """(event type, its data as JSON) of each event of a text/event-stream."""
+    kind = "message"
+    for text in stream.iter_lines():
+        if text.startswith("event: "):
+            kind = text.removeprefix("event: ")
+        elif text.startswith("data: "):
+            yield kind, json.loads(text.removeprefix("data: "))
+        elif not text:
+            kind = "message"
 
 
 def vm_body(name: str, **fields: Any) -> dict[str, Any]:
@@ -69,12 +89,13 @@ def test_a_vm_lives_from_create_to_delete_with_its_keys_and_ssh_command(service:
     address = running["address"]
     assert running["ssh"] == {"host": address, "port": 22, "user": "alice", "command": f"ssh alice@{address}"}
     assert [j["kind"] for j in running["jobs"]] == ["create"] and running["jobs"][0]["state"] == "successful"
-    seeded = service.runtime.store
-    with seeded.read() as session:
-        from engine.models import Instance
-
-        keys = session.get_one(Instance, int(vm["id"])).ssh_keys
-    assert keys == [SITE_KEY, USER_KEY, OTHER_KEY], "the site's key and both of the caller's"
+    keys = alice.get(f"/v1/vms/{vm['id']}/ssh-keys").json()["keys"]
+    assert [(k["key"], k["site"]) for k in keys] == [
+        (SITE_KEY, True),
+        (guest_key(service), True),
+        (USER_KEY, False),
+        (OTHER_KEY, False),
+    ], "the site's keys and both of the caller's"
 
     assert alice.post(f"/v1/vms/{vm['id']}/stop").status_code == 202
     wait_vm(alice, vm["id"], "stopped")
@@ -220,6 +241,7 @@ def test_a_vms_logs_are_its_jobs_events_paged_and_followed(service: LiveService,
     wait_vm(alice, vm["id"], "running")
     page = alice.get(f"/v1/vms/{vm['id']}/logs").json()
     lines = page["lines"]
+    assert page["cloud_init"] == {"output": "", "truncated": False, "error": EMULATED}
     assert {line["kind"] for line in lines} == {"create"} and page["next_after"] == lines[-1]["id"]
     assert "playbook_on_stats" in [line["event"] for line in lines]
     assert [line["id"] for line in lines] == sorted(line["id"] for line in lines)
@@ -230,13 +252,13 @@ def test_a_vms_logs_are_its_jobs_events_paged_and_followed(service: LiveService,
         "GET", f"/v1/vms/{vm['id']}/logs", params={"follow": "true"}, headers={"Last-Event-ID": str(page["next_after"])}
     ) as stream:
         assert stream.headers["content-type"].startswith("text/event-stream")
-        followed = []
-        for text in stream.iter_lines():
-            if text.startswith("data: "):
-                followed.append(json.loads(text.removeprefix("data: ")))
-                if followed[-1]["event"] == "playbook_on_stats":
-                    break
+        followed, cloud_init = [], []
+        for kind, data in server_sent_events(stream):
+            (cloud_init if kind == "cloud-init" else followed).append(data)
+            if kind == "message" and data["event"] == "playbook_on_stats":
+                break
     assert {line["kind"] for line in followed} == {"reboot"}, "only what came after Last-Event-ID"
+    assert cloud_init[0] == {"text": "", "error": EMULATED}, "an emulated guest has no cloud-init output to read"
     with as_token(service, "mallory") as mallory:
         assert mallory.get(f"/v1/vms/{vm['id']}/logs").status_code == 404
     assert alice.delete(f"/v1/vms/{vm['id']}").status_code == 202
@@ -261,3 +283,79 @@ def test_a_create_that_fails_leaves_a_vm_whose_get_says_why(simulator: Any, alic
     assert create["kind"] == "create" and create["state"] in ("failed", "error") and create["error"]
     assert alice.delete(f"/v1/vms/{vm_id}").status_code == 202
     wait_gone(alice, vm_id)
+
+
+def fingerprint_by_ssh_keygen(key: str) -> str:
+    listed = subprocess.run(["ssh-keygen", "-l", "-f", "-"], input=key, capture_output=True, text=True, check=True)
+    return listed.stdout.split()[1]
+
+
+def test_a_vms_keys_change_in_its_seed_and_its_site_keys_stay(
+    service: LiveService, simulator: Any, alice: httpx.Client
+):
+    vm = alice.post("/v1/vms", json=vm_body("alice-keys")).json()["vm"]
+    wait_vm(alice, vm["id"], "running")
+    keys_url = f"/v1/vms/{vm['id']}/ssh-keys"
+    listed = alice.get(keys_url).json()
+    assert listed["sync"] == "seed_only", "emulated guests have no SSH: the seed is where keys change"
+    site = [k for k in listed["keys"] if k["site"]]
+    assert [k["key"] for k in site] == [SITE_KEY, guest_key(service)]
+    user = next(k for k in listed["keys"] if not k["site"])
+    assert user == {
+        "fingerprint": fingerprint_by_ssh_keygen(USER_KEY),
+        "type": "ssh-ed25519",
+        "comment": USER_KEY.split()[2],
+        "key": USER_KEY,
+        "site": False,
+    }
+
+    added = alice.post(keys_url, json={"key": f"  {OTHER_KEY}\n"})
+    assert added.status_code == 202, added.text
+    assert added.json()["key"]["fingerprint"] == fingerprint_by_ssh_keygen(OTHER_KEY) and added.json()["job"] is None
+    assert [k["key"] for k in added.json()["keys"]][-2:] == [USER_KEY, OTHER_KEY]
+    again = alice.post(keys_url, json={"key": OTHER_KEY.rsplit(" ", 1)[0] + " same-key@elsewhere"})
+    assert again.status_code == 202 and len(again.json()["keys"]) == 4, "a key the VM has is not added twice"
+    assert OTHER_KEY in seed_vendor_keys(service, simulator, vm["id"]), "the seed has it: a rebuilt guest gets it"
+
+    refusals = [
+        (alice.post(keys_url, json={"key": "ssh-rsa AAAA"}), 400, "invalid_ssh_key", "key:"),
+        (alice.post(keys_url, json={"key": OTHER_KEY, "extra": 1}), 400, "invalid_request", "extra"),
+        (alice.delete(f"{keys_url}/{fingerprint_by_ssh_keygen(SITE_KEY)}"), 409, "site_key", "site key"),
+        (alice.delete(f"{keys_url}/SHA256:{'A' * 43}"), 404, "not_found", "no key with fingerprint"),
+        (alice.delete(f"{keys_url}/not-a-fingerprint"), 400, "invalid_request", "fingerprint"),
+        (alice.post("/v1/vms/999999999/ssh-keys", json={"key": OTHER_KEY}), 404, "not_found", "999999999"),
+    ]
+    for refused, status, code, says in refusals:
+        assert (refused.status_code, refused.json()["code"]) == (status, code), refused.text
+        assert says in refused.json()["message"], refused.text
+    with as_token(service, "mallory") as mallory:
+        assert (
+            mallory.get(keys_url).status_code == 404
+            and mallory.post(keys_url, json={"key": SITE_KEY}).status_code == 404
+        )
+    with as_token(service, "auditor", TokenRole.VIEWER) as viewer:
+        assert viewer.get(keys_url).status_code == 200
+        assert viewer.post(keys_url, json={"key": OTHER_KEY}).status_code == 403
+    assert len(alice.get(keys_url).json()["keys"]) == 4, "no refusal changed anything"
+
+    # OpenSSH's fingerprint as it is (its base64 may hold '/' and '+'), escaped, or in base64url: the same key.
+    removed = alice.delete(f"{keys_url}/{fingerprint_by_ssh_keygen(USER_KEY)}")
+    assert removed.status_code == 202, removed.text
+    assert [k["key"] for k in removed.json()["keys"] if not k["site"]] == [OTHER_KEY]
+    assert USER_KEY not in seed_vendor_keys(service, simulator, vm["id"])
+    url_safe = fingerprint_by_ssh_keygen(OTHER_KEY).replace("+", "-").replace("/", "_")
+    assert alice.delete(f"{keys_url}/{url_safe}").status_code == 202
+    assert [k["site"] for k in alice.get(keys_url).json()["keys"]] == [True, True], "no user key is left"
+    audited = service.operator.get("/v1/audit", params={"actor": "alice", "limit": 100}).json()["entries"]
+    on_vm = [e for e in audited if (e["target"] or "").startswith(f"vm_id={vm['id']}")]
+    assert {"add_key", "remove_key"} <= {e["action"] for e in on_vm}
+    assert alice.delete(f"/v1/vms/{vm['id']}").status_code == 202
+    wait_gone(alice, vm["id"])
+
+
+def seed_vendor_keys(service: LiveService, simulator: Any, vm_id: str) -> list[str]:
+    """The user's keys in the vendor-data the VM's seed serves now."""
+    smbios = dict(p.split("=", 1) for p in simulator.sim.vm(int(vm_id)).config["smbios1"].split(",") if "=" in p)
+    url = base64.b64decode(smbios["serial"]).decode().split(";s=", 1)[1]
+    vendor = yaml.safe_load(service.anonymous.get(url + "vendor-data").text)
+    return list(vendor["users"][0]["ssh_authorized_keys"])

@@ -15,6 +15,9 @@ from engine.settings import Settings
 from tests.conftest import ROOT
 
 SEEDS = SeedTokens(b"k" * 32)
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHVmPnHqL3iOx0hB3fm4tJq0pS0KyfHlLQ0n8Qd3JYJb alice@laptop"
+OLD_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFJ1b2JlcnQgd2FzIGhlcmUgYW5kIGxlZnQgYWdhaW4uLi4 bob@old"
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAb0x2lHbV3tZz9k4xq0sQyq5bHn2x0dP0x7i0H3m7Lp root@vm"
 
 
 @pytest.fixture
@@ -31,8 +34,8 @@ def settings(tmp_path: Path) -> Settings:
 
 def instance(**values: object) -> Instance:
     fields = {"id": 100123, "vm_name": "VISA-INSTANCE-1", "node": "pve2", "cores": 2, "memory_mb": 4096,
-              "disk_gb": 20, "seed_nonce": "n1", "security_groups": ["default"],
-              "lifecycle": Lifecycle.BUILDING}  # fmt: skip
+              "disk_gb": 20, "seed_nonce": "n1", "security_groups": ["default"], "ssh_keys": [KEY],
+              "ssh_keys_removed": [], "ssh_keys_pending": False, "lifecycle": Lifecycle.BUILDING}  # fmt: skip
     return Instance(**(fields | values))
 
 
@@ -159,3 +162,50 @@ def test_a_registration_sends_the_discovery_roles_own_variables(settings: Settin
         "discovery_host_groups": ["visa"],
         "discovery_instance_id": "100123",
     }
+
+
+def test_a_key_change_logs_in_to_the_guest_with_the_provisioners_key_and_its_pinned_host_key(
+    settings: Settings,
+) -> None:
+    running = instance(
+        lifecycle=Lifecycle.PROVISIONED, address="198.18.0.7", host_key=HOST_KEY, ssh_keys_removed=[OLD_KEY]
+    )
+    assert host_variables(Context(settings, SEEDS), Job(kind=JobKind.KEYS), running) == {
+        "guest_ssh_keys_vmid": 100123,
+        "guest_ssh_keys_address": "198.18.0.7",
+        "guest_ssh_keys_user": "visa",
+        "guest_ssh_keys_present": [KEY],
+        "guest_ssh_keys_absent": [OLD_KEY],
+        "guest_ssh_keys_private_key_file": str(settings.state_dir / "guest_ed25519"),
+        "guest_ssh_keys_host_key": HOST_KEY,
+        "guest_ssh_keys_timeout": 300,
+    }
+
+
+def test_a_start_carries_the_keys_only_when_a_change_waits_for_it(settings: Settings) -> None:
+    waiting = instance(lifecycle=Lifecycle.PROVISIONED, login_user="alice", ssh_keys_pending=True)
+    sent = host_variables(Context(settings, SEEDS), Job(kind=JobKind.START), waiting)
+    assert sent.items() >= POWER_UP.items() and sent["guest_ssh_keys_user"] == "alice"
+    assert "guest_ssh_keys_address" not in sent  # start.yml takes the address the VM comes up with
+    off = settings.model_copy(update={"guest_access": False})
+    assert host_variables(Context(off, SEEDS), Job(kind=JobKind.START), waiting) == POWER_UP
+
+
+@pytest.mark.parametrize(
+    ("kind", "outcome", "pending"),
+    [
+        (JobKind.KEYS, HostOutcome(ok=True, facts={"guest_ssh_keys_applied": True}), False),
+        (JobKind.KEYS, HostOutcome(ok=True, facts={"guest_ssh_keys_applied": False}), True),  # the VM was stopped
+        (JobKind.KEYS, HostOutcome(ok=True, facts={"guest_ssh_keys_applied": "False"}), True),
+        (JobKind.KEYS, HostOutcome(ok=False, error="unreachable"), None),  # as it was
+        (JobKind.START, HostOutcome(ok=True, facts={"guest_ssh_keys_applied": True}), False),
+        (JobKind.START, HostOutcome(ok=True), None),  # a start that carried no keys
+    ],
+)
+def test_a_key_outcome_says_whether_the_next_start_must_apply_the_keys(
+    kind: JobKind, outcome: HostOutcome, pending: bool | None
+) -> None:
+    for before in (True, False):
+        vm = instance(lifecycle=Lifecycle.PROVISIONED, ssh_keys_pending=before)
+        apply_outcome(Job(kind=kind), vm, outcome)
+        assert vm.ssh_keys_pending == (before if pending is None else pending)
