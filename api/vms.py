@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from sqlalchemy import inspect
 from starlette.concurrency import run_in_threadpool
 
 from api.access import PREFIX, principal_of
@@ -143,6 +144,8 @@ class SshOut(BaseModel):
     port: int
     user: str
     command: str
+    # The guest's host key as it phoned it home, for known_hosts: in the GET of one VM, once it has (lists: null).
+    host_key: str | None
 
 
 class VmOut(BaseModel):
@@ -302,7 +305,13 @@ def vm_out(view: InstanceView, service: Provisioner) -> VmOut:
     user = instance.login_user or service.settings.cloud_init_user
     ssh = None
     if instance.address:
-        ssh = SshOut(host=instance.address, port=22, user=user, command=f"ssh {user}@{instance.address}")
+        ssh = SshOut(
+            host=instance.address,
+            port=22,
+            user=user,
+            command=f"ssh {user}@{instance.address}",
+            host_key=_host_key(instance),
+        )
     return VmOut(
         id=str(instance.id),
         name=instance.name,
@@ -317,6 +326,13 @@ def vm_out(view: InstanceView, service: Provisioner) -> VmOut:
         expires_at=instance.expires_at,
         created_at=instance.created_at,
     )
+
+
+def _host_key(instance: Instance) -> str | None:
+    """Its host key when the row has it loaded (a list defers it: no list shows it)."""
+    if "host_key" in inspect(instance).unloaded:
+        return None
+    return " ".join(instance.host_key.split()[:2]) if instance.host_key else None
 
 
 def vm_state(view: InstanceView) -> VmState:

@@ -13,6 +13,7 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from rich.console import Console
 from rich.table import Table
@@ -42,6 +43,7 @@ def add_vm_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     create.add_argument("--user", help="the login user (default: the site's)")
     create.add_argument("--lease", type=int, help="seconds until the VM is deleted")
+    create.add_argument("--user-data", type=Path, help="a file: the guest's cloud-init user-data (#cloud-config, #!…)")
     create.add_argument("--idempotency-key", help="sent as Idempotency-Key: asking again makes no second VM")
 
     actions.add_parser("list", help="list VMs").add_argument("--state")
@@ -53,16 +55,26 @@ def add_vm_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     extend = actions.add_parser("extend", help="set the VM's lease: deleted LEASE seconds from now")
     extend.add_argument("id")
     extend.add_argument("--lease", type=int, required=True)
-    logs = actions.add_parser("logs", help="the VM's job events (--follow: as they come, until Ctrl-C)")
+    logs = actions.add_parser(
+        "logs", help="the VM's job events, then its guest's cloud-init output (--follow: job events as they come)"
+    )
     logs.add_argument("id")
     logs.add_argument("--follow", action="store_true")
-    ssh = actions.add_parser("ssh", help="ssh to the VM as its user (arguments after -- go to ssh's command)")
+    ssh = actions.add_parser(
+        "ssh", help="ssh to the VM as its user, trusting only the host key it phoned home (after --: the command)"
+    )
     ssh.add_argument("id")
+    ssh.add_argument("-i", "--identity", help="the private key to log in with (default: ssh's)")
     ssh.add_argument("command", nargs=argparse.REMAINDER)
+    keys = actions.add_parser("keys", help="list a VM's SSH keys, or add (--add) or remove (--remove) one")
+    keys.add_argument("id")
+    change = keys.add_mutually_exclusive_group()
+    change.add_argument("--add", metavar="KEY", help="a public key or a .pub file")
+    change.add_argument("--remove", metavar="FINGERPRINT", help="as `ssh-keygen -lf` shows it: SHA256:…")
 
     for parser in actions.choices.values():
         add_client_arguments(parser)
-        if parser.prog.split()[-1] in ("create", "start", "stop", "reboot", "delete"):
+        if parser.prog.split()[-1] in ("create", "start", "stop", "reboot", "delete", "keys"):
             parser.add_argument("--wait", action="store_true", help="follow the job until it ends")
     vm.set_defaults(func=run)
 
@@ -87,6 +99,11 @@ def create(client: ApiClient, args: argparse.Namespace, console: Console) -> int
     for field in ("size", "flavour", "user", "lease"):
         if getattr(args, field) is not None:
             body[field] = getattr(args, field)
+    if args.user_data is not None:
+        try:
+            body["user_data"] = args.user_data.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ClientError(f"cannot read {args.user_data}: {exc.strerror}", exit_code=2) from None
     if not (args.size or args.flavour or any(raw.values())):
         body["size"] = "small"
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
@@ -149,10 +166,12 @@ def extend(client: ApiClient, args: argparse.Namespace, _console: Console) -> in
     return 0
 
 
-def logs(client: ApiClient, args: argparse.Namespace, _console: Console) -> int:
-    after = 0
+def logs(client: ApiClient, args: argparse.Namespace, console: Console) -> int:
+    after, cloud_init = 0, None
     while True:
-        page = client.get(f"/v1/vms/{args.id}/logs", params={"after": after, "limit": 1000})
+        params = {"after": after, "limit": 1000, "cloud_init": str(not args.follow and after == 0).lower()}
+        page = client.get(f"/v1/vms/{args.id}/logs", params=params)
+        cloud_init = page.get("cloud_init") or cloud_init
         for line in page["lines"]:
             if args.json:
                 print(json.dumps(line))
@@ -161,10 +180,20 @@ def logs(client: ApiClient, args: argparse.Namespace, _console: Console) -> int:
             elif line["stdout"].strip():
                 print(f"{line['at']}  {line['kind']:<8} {line['stdout'].strip()}")
         after = page["next_after"]
-        if not args.follow:
-            return 0
-        if not page["lines"]:
-            time.sleep(1.0)
+        if args.follow:
+            if not page["lines"]:
+                time.sleep(1.0)
+        elif not page["lines"]:
+            break
+    if cloud_init is not None:
+        if args.json:
+            print(json.dumps({"cloud_init": cloud_init}))
+        elif cloud_init["error"]:
+            console.print(f"cloud-init output: {cloud_init['error']}", highlight=False)
+        else:
+            print("--- cloud-init output" + (" (its end)" if cloud_init["truncated"] else "") + " ---")
+            print(cloud_init["output"], end="")
+    return 0
 
 
 def ssh(client: ApiClient, args: argparse.Namespace, console: Console) -> int:
@@ -173,9 +202,47 @@ def ssh(client: ApiClient, args: argparse.Namespace, console: Console) -> int:
         console.print(f"VM {args.id} has no address yet (state: {vm['state']})")
         return 1
     command = [c for c in args.command if c != "--"]
-    target = f"{vm['ssh']['user']}@{vm['ssh']['host']}"
-    os.execvp("ssh", ["ssh", "-p", str(vm["ssh"]["port"]), target, *command])
+    login = vm["ssh"]
+    options = ["-p", str(login["port"])] + (["-i", args.identity, "-o", "IdentitiesOnly=yes"] if args.identity else [])
+    if login.get("host_key"):  # the key the guest phoned home: no trust-on-first-use prompt, no stale entry
+        options += ["-o", f"UserKnownHostsFile={_known_hosts(login)}", "-o", "StrictHostKeyChecking=yes"]
+    os.execvp("ssh", ["ssh", *options, f"{login['user']}@{login['host']}", *command])
     return 0  # not reached
+
+
+def keys(client: ApiClient, args: argparse.Namespace, console: Console) -> int:
+    path = f"/v1/vms/{args.id}/ssh-keys"
+    if args.add or args.remove:
+        if args.add:
+            changed = client.request("POST", path, json={"key": _keys([args.add])[0]})
+        else:
+            changed = client.request("DELETE", f"{path}/{quote(args.remove, safe=':')}")
+        if changed["job"] is None:
+            print(json.dumps(changed, indent=2) if args.json else f"VM {args.id}: its seed has the change")
+            return 0
+        return _after(client, args, console, changed["job"], args.id, want=None)
+    listed = client.get(path)
+    if args.json:
+        print(json.dumps(listed, indent=2))
+        return 0
+    table = Table(title=f"VM {args.id}: keys {listed['sync']}")
+    table.add_column("fingerprint", no_wrap=True, min_width=50)  # whole, to copy into --remove
+    for column in ("type", "comment", "site"):
+        table.add_column(column, overflow="ellipsis")
+    for key in listed["keys"]:
+        table.add_row(key["fingerprint"], key["type"], key["comment"], "yes" if key["site"] else "")
+    Console().print(table)
+    return 0
+
+
+def _known_hosts(login: dict[str, Any]) -> Path:
+    """A known_hosts of the CLI's own with this VM's phoned-home key for its address (an older entry replaced)."""
+    path = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "provisioner" / "known_hosts"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    host = login["host"] if login["port"] == 22 else f"[{login['host']}]:{login['port']}"
+    kept = [line for line in (path.read_text().splitlines() if path.exists() else []) if line.split(" ", 1)[0] != host]
+    path.write_text("\n".join([*kept, f"{host} {login['host_key']}"]) + "\n")
+    return path
 
 
 def _after(
@@ -252,4 +319,5 @@ COMMANDS = {
     "extend": extend,
     "logs": logs,
     "ssh": ssh,
+    "keys": keys,
 }
