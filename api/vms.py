@@ -14,7 +14,6 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from sqlalchemy import inspect
 from starlette.concurrency import run_in_threadpool
 
 from api.access import PREFIX, principal_of
@@ -22,8 +21,8 @@ from api.operator import JobOut, OwnerDep, ProvisionerDep, job_out
 from common.validators import Text, UtcDateTime
 from engine.errors import InvalidSSHKeyError, NotFound, UnknownFlavour
 from engine.intake import CUSTOM_FLAVOUR, CreateRequest, Resources
-from engine.models import Instance, Job, JobKind, Lifecycle
-from engine.service import InstanceView, Provisioner
+from engine.models import VISA_OWNER, Instance, Job, JobKind, Lifecycle
+from engine.service import InstanceView, Listing, Provisioner
 from engine.sshkeys import InvalidSSHKey, normalise_key
 from engine.tokens import Principal
 
@@ -60,6 +59,11 @@ TRANSITIONS = {
 }
 
 PrincipalDep = Annotated[Principal, Depends(principal_of)]
+
+# What vm_out shows besides the state's columns (a list reads only these).
+VM_COLUMNS = frozenset(
+    {"name", "image_id", "flavour_id", "cores", "memory_mb", "disk_gb", "login_user", "expires_at", "fault_message"}
+)
 
 
 class Lease(BaseModel):
@@ -242,14 +246,15 @@ def list_vms(
     `next_after` of the previous page."""
     if scope is not None and owner not in (None, scope):
         return VmPage(vms=[], next_after=None)
-    views = [
-        v
-        for v in service.views(owner=scope or owner)
-        if v.instance.owner != "visa"
-        and (after is None or v.instance.id > int(after))
-        and (name_prefix is None or v.instance.name.startswith(name_prefix))
-    ]
-    vms = [vm_out(v, service) for v in views]
+    listing = Listing(
+        VM_COLUMNS,
+        owner=scope or owner,
+        not_owner=VISA_OWNER,
+        after=int(after) if after is not None else None,
+        name_prefix=name_prefix,
+        limit=limit + 1 if state is None else None,  # a state is known once each VM is described
+    )
+    vms = [vm_out(v, service) for v in service.views(listing)]
     if state is not None:
         vms = [vm for vm in vms if vm.state == state]
     page = vms[:limit]
@@ -303,15 +308,10 @@ def vm_out(view: InstanceView, service: Provisioner) -> VmOut:
     instance = view.instance
     state = vm_state(view)
     user = instance.login_user or service.settings.cloud_init_user
+    address = instance.address
     ssh = None
-    if instance.address:
-        ssh = SshOut(
-            host=instance.address,
-            port=22,
-            user=user,
-            command=f"ssh {user}@{instance.address}",
-            host_key=_host_key(instance),
-        )
+    if address:
+        ssh = SshOut(host=address, port=22, user=user, command=f"ssh {user}@{address}", host_key=_host_key(instance))
     return VmOut(
         id=str(instance.id),
         name=instance.name,
@@ -321,7 +321,7 @@ def vm_out(view: InstanceView, service: Provisioner) -> VmOut:
         image=instance.image_id,
         flavour=instance.flavour_id,
         resources=ResourcesOut(cpus=instance.cores, memory_mb=instance.memory_mb, disk_gb=instance.disk_gb),
-        address=instance.address,
+        address=address,
         ssh=ssh,
         expires_at=instance.expires_at,
         created_at=instance.created_at,
@@ -329,10 +329,9 @@ def vm_out(view: InstanceView, service: Provisioner) -> VmOut:
 
 
 def _host_key(instance: Instance) -> str | None:
-    """Its host key when the row has it loaded (a list defers it: no list shows it)."""
-    if "host_key" in inspect(instance).unloaded:
-        return None
-    return " ".join(instance.host_key.split()[:2]) if instance.host_key else None
+    """Its host key (type and key) when the instance carries it: a list's rows do not (VM_COLUMNS)."""
+    host_key = getattr(instance, "host_key", None)
+    return " ".join(host_key.split()[:2]) if host_key else None
 
 
 def vm_state(view: InstanceView) -> VmState:
@@ -355,7 +354,7 @@ def vm_state(view: InstanceView) -> VmState:
 def operator_view(service: Provisioner, vm_id: str, scope: str | None) -> InstanceView:
     """An operator VM (never VISA's), of `scope` when given."""
     view = service.view(vm_id, scope)
-    if view.instance.owner == "visa":
+    if view.instance.owner == VISA_OWNER:
         raise NotFound(f"instance {vm_id!r} does not exist")
     return view
 

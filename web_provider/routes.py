@@ -11,7 +11,7 @@ from engine.intake import CreateRequest
 from engine.jobs.kinds import DELETE_FAULT
 from engine.models import VISA_OWNER, Flavour, JobKind
 from engine.proxmox import VmInfo
-from engine.service import InstanceView, Provisioner
+from engine.service import InstanceView, Listing, Provisioner
 from web_provider.schemas import (
     CreatedOut,
     FaultOut,
@@ -134,17 +134,23 @@ def get_metrics(service: ProvisionerDep) -> MetricsOut:
 
 # --- instances
 
+# What instance_out shows besides the state's columns (a list reads only these).
+INSTANCE_COLUMNS = frozenset(
+    {"name", "image_id", "flavour_id", "security_groups", "fault_message", "fault_details", "fault_at"}
+)
+
 
 @router.get("/instances", response_model=list[InstanceOut])
 def list_instances(service: ProvisionerDep) -> list[InstanceOut]:
     """Every instance this provider manages."""
-    return [instance_out(view) for view in service.views(owner=VISA_OWNER)]
+    return [instance_out(view) for view in service.views(Listing(INSTANCE_COLUMNS, owner=VISA_OWNER))]
 
 
 @router.get("/instances/identifiers", response_model=list[IdentifierOut])
 def list_identifiers(service: ProvisionerDep) -> list[IdentifierOut]:
     """A bare array of {id, name} for the instances this provider manages (VISA's zombie cleanup)."""
-    return [IdentifierOut(id=str(v.instance.id), name=v.instance.name) for v in service.views(owner=VISA_OWNER)]
+    listing = Listing(frozenset({"name"}), owner=VISA_OWNER)
+    return [IdentifierOut(id=str(v.instance.id), name=v.instance.name) for v in service.views(listing)]
 
 
 @router.post("/instances", status_code=status.HTTP_201_CREATED, response_model=CreatedOut)

@@ -87,7 +87,10 @@ def test_a_vm_lives_from_create_to_delete_with_its_keys_and_ssh_command(service:
     assert vm["resources"]["cpus"] == 1 and vm["resources"]["memory_mb"] == 1024 and vm["resources"]["disk_gb"] >= 10
     running = wait_vm(alice, vm["id"], "running")
     address = running["address"]
+    host_key = running["ssh"].pop("host_key")
     assert running["ssh"] == {"host": address, "port": 22, "user": "alice", "command": f"ssh alice@{address}"}
+    phoned_home = service.stored(vm["id"]).host_key or ""
+    assert host_key == " ".join(phoned_home.split()[:2]) and host_key.startswith("ssh-ed25519 ")
     assert [j["kind"] for j in running["jobs"]] == ["create"] and running["jobs"][0]["state"] == "successful"
     keys = alice.get(f"/v1/vms/{vm['id']}/ssh-keys").json()["keys"]
     assert [(k["key"], k["site"]) for k in keys] == [
@@ -211,7 +214,12 @@ def test_the_cli_creates_with_wait_lists_shows_sshes_and_deletes(service: LiveSe
     fake_ssh.parent.mkdir()
     fake_ssh.write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "ssh-args"}\n', encoding="utf-8")
     fake_ssh.chmod(0o755)
-    env = {"PATH": f"{fake_ssh.parent}:/usr/bin:/bin", "PROVISIONER_URL": service.base, "PROVISIONER_TOKEN": token}
+    env = {
+        "PATH": f"{fake_ssh.parent}:/usr/bin:/bin",
+        "PROVISIONER_URL": service.base,
+        "PROVISIONER_TOKEN": token,
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+    }
 
     def vm(*args: str) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "provisioner.cli", "vm", *args]
@@ -229,7 +237,11 @@ def test_the_cli_creates_with_wait_lists_shows_sshes_and_deletes(service: LiveSe
     assert logged.returncode == 0 and "create   Converge the VM" in logged.stdout
     assert vm("ssh", listed["id"], "--", "true").returncode == 0
     ssh_args = (tmp_path / "ssh-args").read_text(encoding="utf-8").split()
-    assert ssh_args == ["-p", "22", f"{listed['ssh']['user']}@{listed['address']}", "true"]
+    known_hosts = tmp_path / "cache" / "provisioner" / "known_hosts"
+    pinned = ["-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes"]
+    assert ssh_args == ["-p", "22", *pinned, f"{listed['ssh']['user']}@{listed['address']}", "true"]
+    host_key = " ".join((service.stored(listed["id"]).host_key or "").split()[:2])
+    assert known_hosts.read_text(encoding="utf-8") == f"{listed['address']} {host_key}\n", "the phoned-home key"
     assert vm("create", "cli-two", "--image", "9000", "--ssh-key", "ssh-rsa nope").returncode == 2
     assert vm("create", "cli-two", "--image", "9000", "--size", "huge", "--ssh-key", USER_KEY).returncode == 2
     assert vm("delete", listed["id"], "--wait").returncode == 0
@@ -333,7 +345,7 @@ def test_a_vms_keys_change_in_its_seed_and_its_site_keys_stay(
             mallory.get(keys_url).status_code == 404
             and mallory.post(keys_url, json={"key": SITE_KEY}).status_code == 404
         )
-    with as_token(service, "auditor", TokenRole.VIEWER) as viewer:
+    with as_token(service, "auditor-keys", TokenRole.VIEWER) as viewer:
         assert viewer.get(keys_url).status_code == 200
         assert viewer.post(keys_url, json={"key": OTHER_KEY}).status_code == 403
     assert len(alice.get(keys_url).json()["keys"]) == 4, "no refusal changed anything"

@@ -12,7 +12,7 @@ from engine.intake import CreateRequest
 from engine.models import VISA_OWNER, AuditEntry, Flavour, Instance, Job, JobEvent, JobKind, JobState, Lifecycle
 from engine.naming import as_vmid
 from engine.proxmox import NodeInfo, Snapshot, VmInfo
-from engine.service import InstanceView, WorkerView
+from engine.service import InstanceView, Listing, WorkerView
 from engine.tokens import Principal
 
 GiB = 1024**3
@@ -195,9 +195,17 @@ class FakeProvisioner:
         self._call("metrics")
         return self.limits
 
-    def views(self, owner: str | None = None) -> list[InstanceView]:
-        self._call("views", owner)
-        return [view for view in self.instances.values() if self._owned(view, owner)]
+    def views(self, listing: Listing) -> list[InstanceView]:
+        self._call("views", listing.owner)
+        chosen = [
+            view
+            for view in self.instances.values()
+            if self._owned(view, listing.owner)
+            and view.instance.owner != listing.not_owner
+            and (listing.after is None or view.instance.id > listing.after)
+            and (listing.name_prefix is None or view.instance.name.startswith(listing.name_prefix))
+        ]
+        return sorted(chosen, key=lambda view: view.instance.id)[: listing.limit]
 
     def view(self, instance_id: str, owner: str | None = None) -> InstanceView:
         self._call("view", instance_id, owner)

@@ -231,7 +231,7 @@ def test_get_instance_never_answers_5xx_when_our_store_fails(service: LiveServic
     def broken(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("database is gone")
 
-    monkeypatch.setattr(service.runtime.provisioner, "views", broken)
+    monkeypatch.setattr(service.runtime.provisioner, "view", broken)
     response = service.client.get("/api/instances/100042")
     assert response.status_code == 200
     assert response.json()["state"] == "UNKNOWN" and response.json()["id"] == "100042"
