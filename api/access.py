@@ -8,6 +8,7 @@ import asyncio
 import hmac
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from cachetools import TTLCache
@@ -118,12 +119,13 @@ class AuditTrail:
     ids, or the id a create answered), the query and JSON body as parameters (secrets removed by the log), the status
     and the client's address. Installed inside the guards: what they refuse unauthenticated is not an action."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, actor_of: Callable[[Scope, str], str | None] | None = None) -> None:
         self.app = app
+        self._actor_of = actor_of or self._actor  # who acts, from the scope and the path (None: not audited)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = get_route_path(scope) if scope["type"] == "http" else ""
-        actor = self._actor(scope, path)
+        actor = self._actor_of(scope, path) if scope["type"] == "http" else None
         if actor is None or scope["method"] in READS:
             await self.app(scope, receive, send)
             return

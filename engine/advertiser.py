@@ -51,12 +51,20 @@ def advertisement(
     if offer is None:
         return None
     return {
-        "ip_address": settings.advertised_ip,
+        # Golem requestors connect to the listener (and its SSH forwards) at the advertised address.
+        "ip_address": settings.golem_listen_host if settings.golem_compat else settings.advertised_ip,
         "country": settings.provider_country,
         "provider_name": settings.provider_name,
         "platform": settings.provider_platform,
         "resources": {"cpu": offer.cpu, "memory": offer.memory_gb, "storage": offer.storage_gb},
+        "pricing": {name: getattr(settings, f"price_{name}") for name in PRICES},
     }
+
+
+# The monthly prices an advertisement carries, as Golem's discovery names them (settings: price_<name>).
+PRICES = tuple(
+    f"{currency}_per_{unit}_month" for currency in ("usd", "glm") for unit in ("core", "gb_ram", "gb_storage")
+)
 
 
 class Advertiser:

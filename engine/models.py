@@ -248,3 +248,13 @@ class IdempotencyKey(Base):
     body_hash: Mapped[str] = mapped_column(String(64))
     instance_id: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Forward(Base):
+    """The port on the Golem listener's address that forwards to a Golem VM's SSH (api/golem/forwarder.py)."""
+
+    __tablename__ = "forwards"
+
+    port: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

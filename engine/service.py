@@ -189,6 +189,20 @@ class Provisioner:
             )
         return views
 
+    def view_by_name(self, owner: str, name: str) -> InstanceView:
+        """The owner's instance of this name that is not deleted (the newest, if a delete is still under way)."""
+        query = (
+            select(Instance)
+            .where(Instance.owner == owner, Instance.name == name, Instance.lifecycle != Lifecycle.DELETED)
+            .order_by(Instance.created_at.desc())
+            .limit(1)
+        )
+        with self.store.read() as session:
+            instance = session.scalar(query)
+            if instance is None:
+                raise NotFound(f"VM {name} not found")
+            return self._views([instance], self._open_jobs(session, [instance.id]))[0]
+
     def view(self, instance_id: str, owner: str | None = None) -> InstanceView:
         """One instance (not deleted; of `owner` when given), whole, with its job and Proxmox state."""
         vmid = as_vmid(instance_id)

@@ -142,6 +142,33 @@ class Settings(BaseSettings):
     memory_threshold_pct: float = Field(85, gt=0, le=100, validation_alias=env("PROVISIONER_MEMORY_THRESHOLD"))
     storage_threshold_pct: float = Field(90, gt=0, le=100, validation_alias=env("PROVISIONER_STORAGE_THRESHOLD"))
 
+    # --- Golem compatibility: an unauthenticated listener the Golem requestor CLI rents VMs from (README)
+    golem_compat: bool = Field(False, validation_alias=env("PROVISIONER_GOLEM_COMPAT"))
+    golem_host: str | None = Field(None, validation_alias=env("PROVISIONER_GOLEM_HOST"))  # unset: the advertised IP
+    golem_port: int = Field(7466, ge=1, le=65535, validation_alias=env("PROVISIONER_GOLEM_PORT"))
+    golem_ssh_ports: str = Field(
+        "50800-50900", pattern=r"^[0-9]{1,5}-[0-9]{1,5}$", validation_alias=env("PROVISIONER_GOLEM_SSH_PORTS")
+    )
+    golem_max_vms: int = Field(5, ge=0, validation_alias=env("PROVISIONER_GOLEM_MAX_VMS"))
+    golem_max_vm_cpus: int = Field(8, ge=1, validation_alias=env("PROVISIONER_GOLEM_MAX_VM_CPUS"))
+    golem_max_vm_memory_gb: int = Field(16, ge=1, validation_alias=env("PROVISIONER_GOLEM_MAX_VM_MEMORY_GB"))
+    golem_max_vm_storage_gb: int = Field(100, ge=10, validation_alias=env("PROVISIONER_GOLEM_MAX_VM_STORAGE_GB"))
+    golem_lease_s: int = Field(3600, ge=60, validation_alias=env("PROVISIONER_GOLEM_LEASE"))
+    # Requests one client address may make per minute (every route; a 429 beyond).
+    golem_rate_limit: int = Field(60, ge=1, validation_alias=env("PROVISIONER_GOLEM_RATE_LIMIT"))
+    golem_image: str | None = Field(None, validation_alias=env("PROVISIONER_GOLEM_IMAGE"))  # unset: the first template
+    # Monthly prices the advertisement carries (the requestor CLI shows them); 0: unset.
+    price_usd_per_core_month: float = Field(0, ge=0, validation_alias=env("PROVISIONER_PRICE_USD_PER_CORE_MONTH"))
+    price_usd_per_gb_ram_month: float = Field(0, ge=0, validation_alias=env("PROVISIONER_PRICE_USD_PER_GB_RAM_MONTH"))
+    price_usd_per_gb_storage_month: float = Field(
+        0, ge=0, validation_alias=env("PROVISIONER_PRICE_USD_PER_GB_STORAGE_MONTH")
+    )
+    price_glm_per_core_month: float = Field(0, ge=0, validation_alias=env("PROVISIONER_PRICE_GLM_PER_CORE_MONTH"))
+    price_glm_per_gb_ram_month: float = Field(0, ge=0, validation_alias=env("PROVISIONER_PRICE_GLM_PER_GB_RAM_MONTH"))
+    price_glm_per_gb_storage_month: float = Field(
+        0, ge=0, validation_alias=env("PROVISIONER_PRICE_GLM_PER_GB_STORAGE_MONTH")
+    )
+
     # --- Embedded simulator (used only when no endpoint is set)
     sim_host: str = Field("127.0.0.1", validation_alias=env("PROVISIONER_SIM_HOST"))
     sim_port: int = Field(8006, ge=0, le=65535, validation_alias=env("PROVISIONER_SIM_PORT"))
@@ -177,6 +204,11 @@ class Settings(BaseSettings):
         self._check_credentials()
         if self.vmid_min > self.vmid_max:
             raise ValueError("PROVISIONER_VMID_MIN must not exceed PROVISIONER_VMID_MAX")
+        low, high = self.golem_ssh_port_range.start, self.golem_ssh_port_range.stop - 1
+        if not 1 <= low <= high <= 65535:
+            raise ValueError("PROVISIONER_GOLEM_SSH_PORTS must be a range LOW-HIGH of ports, LOW <= HIGH")
+        if self.golem_compat and self.golem_max_vms > len(self.golem_ssh_port_range):
+            raise ValueError("PROVISIONER_GOLEM_MAX_VMS must not exceed the ports in PROVISIONER_GOLEM_SSH_PORTS")
         if self.queue == "procrastinate" and not self.on_postgresql:
             raise ValueError("PROVISIONER_QUEUE=procrastinate needs PostgreSQL (PROVISIONER_DATABASE_URL)")
         if self.proxmox_endpoint and self.proxmox_password is None:
@@ -294,6 +326,16 @@ class Settings(BaseSettings):
             return ip_address(self.server_host) if self.server_host not in ("0.0.0.0", "::") else "127.0.0.1"
         except ValueError:
             return "127.0.0.1"
+
+    @property
+    def golem_ssh_port_range(self) -> range:
+        low, _, high = self.golem_ssh_ports.partition("-")
+        return range(int(low), int(high) + 1)
+
+    @property
+    def golem_listen_host(self) -> str:
+        """Where the Golem listener and its SSH forwards listen: the address the requestor CLI connects to."""
+        return self.golem_host or self.advertised_ip
 
     @property
     def seed_path_prefix(self) -> str:

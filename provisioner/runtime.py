@@ -16,6 +16,7 @@ from starlette.types import Lifespan
 
 from api import operator, seed, vm_keys, vm_logs, vms
 from api.access import AuditTrail
+from api.golem.listener import GolemListener
 from common.files import make_private_dir, write_private
 from discovery.client import RegistryClient
 from discovery.server import RegistryHandle, start_registry
@@ -258,9 +259,15 @@ def create_app(runtime: Runtime) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime.start()
         app.state.provisioner = runtime.provisioner
+        golem = None
         try:
+            if runtime.settings.golem_compat and runtime.provisioner is not None:
+                golem = GolemListener(runtime.provisioner, runtime.db)
+                await golem.start()
             yield
         finally:
+            if golem is not None:
+                await golem.stop()
             runtime.stop()
 
     return build_app(runtime.settings, lifespan)

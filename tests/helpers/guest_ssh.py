@@ -25,13 +25,15 @@ class KeyPair:
 class GuestSSH:
     """ssh to user@address with one key, trusting exactly the host key given (what the guest phoned home)."""
 
-    def __init__(self, workdir: Path, address: str, user: str, key: KeyPair, host_key: str) -> None:
+    def __init__(self, workdir: Path, address: str, user: str, key: KeyPair, host_key: str, port: int = 22) -> None:
         self.address = address
         self.user = user
         self.key = key
-        self.known_hosts = workdir / f"known_hosts-{address}"
+        self.port = port
+        self.known_hosts = workdir / f"known_hosts-{address}-{port}"
         key_type, key_data = host_key.split()[:2]
-        self.known_hosts.write_text(f"{address} {key_type} {key_data}\n")
+        host = address if port == 22 else f"[{address}]:{port}"
+        self.known_hosts.write_text(f"{host} {key_type} {key_data}\n")
 
     def command(self, remote: str, log_level: str = "ERROR") -> list[str]:
         return [
@@ -44,6 +46,7 @@ class GuestSSH:
             "-o", f"UserKnownHostsFile={self.known_hosts}",
             "-o", "ConnectTimeout=5",
             "-o", f"LogLevel={log_level}",
+            "-p", str(self.port),
             f"{self.user}@{self.address}",
             remote,
         ]  # fmt: skip

@@ -97,13 +97,21 @@ def test_a_full_cluster_offers_nothing():
 def test_the_advertisement_body_uses_the_providers_settings():
     settings = Settings(insecure_no_auth=True, provider_country="fr", provider_ip="192.0.2.7", cpu_overcommit=1.0)
     body = advertisement(settings, cluster())
+    zero = dict.fromkeys([f"{c}_per_{u}_month" for c in ("usd", "glm") for u in ("core", "gb_ram", "gb_storage")], 0.0)
     assert body == {
         "ip_address": "192.0.2.7",
         "country": "FR",
         "provider_name": "proxmox-provisioner",
         "platform": "x86_64",
         "resources": {"cpu": 16, "memory": 64, "storage": 800},
+        "pricing": zero,
     }
+    priced = settings.model_copy(
+        update={"price_usd_per_core_month": 5.5, "golem_compat": True, "golem_host": "198.51.100.4"}
+    )
+    body = advertisement(priced, cluster())
+    assert body is not None and body["pricing"] == zero | {"usd_per_core_month": 5.5}
+    assert body["ip_address"] == "198.51.100.4", "the Golem listener's address, where requestors connect"
     assert advertisement(settings, None) is None
     assert (
         advertisement(
