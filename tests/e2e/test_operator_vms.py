@@ -340,7 +340,7 @@ def test_a_vms_keys_change_in_its_seed_and_its_site_keys_stay(
     for refused, status, code, says in refusals:
         assert (refused.status_code, refused.json()["code"]) == (status, code), refused.text
         assert says in refused.json()["message"], refused.text
-    with as_token(service, "mallory") as mallory:
+    with as_token(service, "mallory-keys") as mallory:
         assert (
             mallory.get(keys_url).status_code == 404
             and mallory.post(keys_url, json={"key": SITE_KEY}).status_code == 404

@@ -176,7 +176,8 @@ def test_a_guest_that_cannot_reach_its_seed_is_an_instance_fault_never_a_5xx(
         guest_cluster,
         ssh_public_keys=guest_keys["site"].public,
         address_timeout_s=180,
-        ready_timeout_s=20,
+        # ACTIVE from its address until this long after the create: long enough to be seen on a loaded machine.
+        ready_timeout_s=60,
         metadata_server=f"http://{guest_cluster.guest_gateway}:{port}/seed/",
     )
     try:

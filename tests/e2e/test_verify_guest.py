@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from engine.guestkey import GuestKey
 from engine.models import Instance
 from tests.conftest import ROOT, LiveService, ansible_env, start_service, visa_body
 from tests.helpers.guest_ssh import KeyPair
@@ -132,7 +133,8 @@ def test_verify_scores_a_real_guest_from_inside(
 ) -> None:
     wanted = requested(service, instance, guest_keys)
     token = service.seed_token(str(instance.id))
-    assert wanted["verify_ssh_keys"] == [guest_keys["site"].public, guest_keys["user"].public]
+    guest_key = GuestKey.load(service.settings.guest_key_path).public  # the provisioner's own, in every guest
+    assert wanted["verify_ssh_keys"] == [guest_keys["site"].public, guest_key, guest_keys["user"].public]
 
     result = verify(guest_cluster, tmp_path, wanted, token)
     ran = [check["name"] for check in result["checks"]]
