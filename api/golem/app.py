@@ -61,8 +61,10 @@ class GolemApi:
 
     def status(self, view: InstanceView) -> str:
         state = vm_state(view)
-        if state is VmState.RUNNING:  # running for the CLI once the forward it will ssh through listens
-            return "running" if self.forwarder.port_of(view.instance.id) is not None else "creating"
+        if state is VmState.RUNNING:  # running for the CLI once it can log in: cloud-init done, the forward up
+            instance = view.instance
+            ready = instance.phoned_home_at is not None or instance.adopted
+            return "running" if ready and self.forwarder.port_of(instance.id) is not None else "creating"
         return STATUSES[state]
 
     def info(self, view: InstanceView) -> VmInfo:
