@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.access import PREFIX, principal_of
 from api.operator import JobOut, OwnerDep, ProvisionerDep, job_out
+from common.described import Described, described_on
 from common.validators import Text, UtcDateTime
 from engine.errors import InvalidSSHKeyError, NotFound, UnknownFlavour
 from engine.intake import CUSTOM_FLAVOUR, CreateRequest, Resources
@@ -234,6 +235,7 @@ async def create_vm(
 
 @router.get("/vms", response_model=VmPage)
 def list_vms(
+    request: Request,
     service: ProvisionerDep,
     scope: OwnerDep,
     state: VmState | None = None,
@@ -254,7 +256,8 @@ def list_vms(
         name_prefix=name_prefix,
         limit=limit + 1 if state is None else None,  # a state is known once each VM is described
     )
-    vms = [vm_out(v, service) for v in service.views(listing)]
+    described = described_on(request.app.state, "listed_vms")
+    vms = [_listed_vm_out(v, service, described) for v in service.views(listing)]
     if state is not None:
         vms = [vm for vm in vms if vm.state == state]
     page = vms[:limit]
@@ -304,9 +307,9 @@ def change_lease(vm_id: str, body: LeaseChange, service: ProvisionerDep, princip
 # --------------------------------------------------------------------------------------------------------- helpers
 
 
-def vm_out(view: InstanceView, service: Provisioner) -> VmOut:
+def vm_out(view: InstanceView, service: Provisioner, state: VmState | None = None) -> VmOut:
     instance = view.instance
-    state = vm_state(view)
+    state = state or vm_state(view)
     user = instance.login_user or service.settings.cloud_init_user
     address = instance.address
     ssh = None
@@ -326,6 +329,12 @@ def vm_out(view: InstanceView, service: Provisioner) -> VmOut:
         expires_at=instance.expires_at,
         created_at=instance.created_at,
     )
+
+
+def _listed_vm_out(view: InstanceView, service: Provisioner, described: Described[VmOut]) -> VmOut:
+    state = vm_state(view)
+    key = (view.instance.id, view.instance.updated_at, state, service.settings.cloud_init_user)
+    return described.get(key, lambda: vm_out(view, service, state))
 
 
 def _host_key(instance: Instance) -> str | None:

@@ -348,3 +348,24 @@ def test_vmids_are_ascii_digits_in_range(text: str | int, vmid: int | None):
     from engine.naming import as_vmid
 
     assert as_vmid(text) == vmid
+
+
+def test_a_description_is_made_once_per_key_and_anew_for_a_changed_row_or_state() -> None:
+    from types import SimpleNamespace
+
+    from common.described import Described, described_on
+
+    made: list[str] = []
+    described: Described[str] = Described(maxsize=2)
+
+    def make(text: str) -> str:
+        made.append(text)
+        return text
+
+    assert described.get((1, "t1", "running"), lambda: make("a")) == "a"
+    assert described.get((1, "t1", "running"), lambda: make("b")) == "a", "the same row and state: the same object"
+    assert described.get((1, "t2", "running"), lambda: make("c")) == "c", "the row changed"
+    assert described.get((1, "t2", "stopped"), lambda: make("d")) == "d", "the state changed"
+    assert made == ["a", "c", "d"]
+    state = SimpleNamespace()
+    assert described_on(state, "x") is described_on(state, "x") is not described_on(SimpleNamespace(), "x")
