@@ -174,3 +174,16 @@ def test_only_the_golem_routes_answer(golem: httpx.Client) -> None:
     assert golem.get("/api/instances").status_code == 404, "VISA's API is not on this listener"
     assert golem.get("/v1/vms").status_code == 404, "nor the operator API"
     assert golem.post("/admin/shutdown").status_code == 404
+
+
+def test_a_golem_vms_lease_ends_in_its_delete_and_frees_its_port(golem: httpx.Client, service: LiveService) -> None:
+    assert golem.post("/api/v1/vms", params={"async": "true"}, json=body("vm-lease")).status_code == 202
+    wait_for(lambda: golem.get("/api/v1/vms/vm-lease").json()["status"] == "running", timeout=120)
+    vm = golem.get("/api/v1/vms/vm-lease").json()
+    vmid = golem.get("/api/v1/vms/vm-lease/access").json()["multipass_name"]
+    # Its lease ends now (as if its hour had passed, or passed while the service was down): the reconciler deletes it.
+    service.runtime.store.set_lease(int(vmid), None, datetime.now(UTC) - timedelta(seconds=1))
+    wait_for(lambda: golem.get("/api/v1/vms/vm-lease").status_code == 404, timeout=120, what="the lease to end")
+    wait_for(lambda: not listening(vm["ssh_port"]), what="its forward to close")
+    jobs = service.operator.get("/v1/jobs", params={"instance_id": vmid}).json()
+    assert {j["kind"] for j in jobs} == {"create", "delete"}
