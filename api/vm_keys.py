@@ -19,7 +19,8 @@ from api.vms import PrincipalDep, normalised_key, operator_view, scope_of
 from common.validators import Text
 from engine.models import Instance, Job
 from engine.service import Provisioner
-from engine.sshkeys import fingerprint, key_material
+from engine.sshkeys import fingerprint as fingerprint_of
+from engine.sshkeys import key_material
 
 router = APIRouter(prefix=PREFIX, tags=["vms"])
 
@@ -101,7 +102,7 @@ async def remove_key(
 
 def _change(service: Provisioner, instance: Instance, key: str | None, job: Job | None) -> KeyChange:
     keys = _keys_out(service, instance)
-    added = next((k for k in keys if key is not None and k.fingerprint == fingerprint(key)), None)
+    added = next((k for k in keys if key is not None and k.fingerprint == fingerprint_of(key)), None)
     return KeyChange(key=added, keys=keys, job=job_out(job) if job is not None else None)
 
 
@@ -113,7 +114,7 @@ def _keys_out(service: Provisioner, instance: Instance) -> list[KeyOut]:
 def _key_out(key: str, site: bool) -> KeyOut:
     parts = key.split(" ", 2)
     return KeyOut(
-        fingerprint=fingerprint(key), type=parts[0], comment=parts[2] if len(parts) > 2 else "", key=key, site=site
+        fingerprint=fingerprint_of(key), type=parts[0], comment=parts[2] if len(parts) > 2 else "", key=key, site=site
     )
 
 

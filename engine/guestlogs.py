@@ -55,7 +55,10 @@ async def read_output(login: GuestLogin, secret: str, offset: int | None = None)
         reason = err.decode(errors="replace").strip().splitlines()
         return OutputRead("", offset or 0, False, f"reading {LOG} failed: {reason[-1] if reason else f'exit {code}'}")
     size_line, _, body = out.partition(b"\n")
-    size = int(size_line.strip() or 0)
+    try:
+        size = int(size_line.strip())
+    except ValueError:
+        return OutputRead("", offset or 0, False, f"reading {LOG} failed: the guest answered no size")
     start = offset if offset is not None else max(0, size - len(body))
     text = body.decode(errors="replace").replace(secret, MASK) if secret else body.decode(errors="replace")
     return OutputRead(text, start + len(body), truncated=(start + len(body) < size) or (offset is None and start > 0))
