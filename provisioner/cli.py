@@ -177,7 +177,9 @@ def _run(args: argparse.Namespace) -> None:
     print(f"VISA web provider: {base}  (VISA_CLOUD_WEB_PROVIDER_URL={base})", flush=True)
     _announce_credentials(settings, made)
     if settings.golem_compat:
-        print(f"Golem-compatible provider (no authentication): http://{settings.golem_listen_host}:{settings.golem_port}")
+        print(
+            f"Golem-compatible provider (no authentication): http://{settings.golem_listen_host}:{settings.golem_port}"
+        )
     if settings.simulated:
         print(f"Proxmox: embedded simulator (state in {settings.state_dir / 'simulator'})", flush=True)
     uvicorn.run(
