@@ -131,7 +131,7 @@ class Settings(BaseSettings):
         validation_alias=env("PROVISIONER_PROVIDER_NAME", "GOLEM_PROVIDER_NAME"),
     )
     provider_country: str = Field("SE", validation_alias=env("PROVISIONER_PROVIDER_COUNTRY", "GOLEM_PROVIDER_COUNTRY"))
-    provider_ip: str | None = Field(None, validation_alias=env("PROVISIONER_PROVIDER_IP"))
+    provider_ip: str | None = Field(None, validation_alias=env("PROVISIONER_PROVIDER_IP", "PROVISIONER_IP"))
     provider_platform: str = Field(
         "x86_64", pattern=r"^[A-Za-z0-9_.-]{1,32}$", validation_alias=env("PROVISIONER_PROVIDER_PLATFORM")
     )
