@@ -22,7 +22,8 @@ from common.described import Described, described_on
 from common.validators import Text, UtcDateTime
 from engine.errors import InvalidSSHKeyError, NotFound, UnknownFlavour
 from engine.intake import CUSTOM_FLAVOUR, CreateRequest, Resources
-from engine.models import VISA_OWNER, Instance, Job, JobKind, Lifecycle
+from engine.models import VISA_OWNER, Instance, Job, JobKind
+from engine.phases import Phase, phase
 from engine.service import InstanceView, Listing, Provisioner
 from engine.sshkeys import InvalidSSHKey, normalise_key
 from engine.tokens import Principal
@@ -52,11 +53,23 @@ class VmState(enum.StrEnum):
     UNKNOWN = "unknown"
 
 
-TRANSITIONS = {
-    JobKind.START: VmState.STARTING,
-    JobKind.SHUTDOWN: VmState.STOPPING,
-    JobKind.STOP: VmState.STOPPING,
-    JobKind.REBOOT: VmState.REBOOTING,
+STATES = {
+    Phase.BUILDING: VmState.BUILDING,
+    Phase.FAILED: VmState.ERROR,
+    Phase.DELETE_STUCK: VmState.ERROR,
+    Phase.DELETING: VmState.DELETING,
+    Phase.STARTING: VmState.STARTING,
+    Phase.STOPPING: VmState.STOPPING,
+    Phase.REBOOTING: VmState.REBOOTING,
+    Phase.UNKNOWN: VmState.UNKNOWN,
+    Phase.MIGRATING_RUNNING: VmState.RUNNING,  # a live migration: it runs all along
+    Phase.MIGRATING_STOPPED: VmState.STOPPED,
+    Phase.SEED_OVERDUE: VmState.ERROR,
+    Phase.RUNNING: VmState.RUNNING,
+    Phase.BOOTING: VmState.STARTING,
+    Phase.STOPPED: VmState.STOPPED,
+    Phase.PAUSED: VmState.STOPPED,
+    Phase.OTHER: VmState.UNKNOWN,
 }
 
 PrincipalDep = Annotated[Principal, Depends(principal_of)]
@@ -344,20 +357,7 @@ def _host_key(instance: Instance) -> str | None:
 
 
 def vm_state(view: InstanceView) -> VmState:
-    lifecycle = Lifecycle(view.instance.lifecycle)
-    if lifecycle is Lifecycle.BUILDING:
-        return VmState.BUILDING
-    if lifecycle is Lifecycle.ERROR or view.delete_overdue or view.seed_overdue:
-        return VmState.ERROR
-    if lifecycle in (Lifecycle.DELETING, Lifecycle.DELETED):
-        return VmState.DELETING
-    if view.active_job in TRANSITIONS:
-        return TRANSITIONS[JobKind(view.active_job)]
-    if not view.snapshot_ok or view.vm_status is None:
-        return VmState.UNKNOWN
-    if view.vm_status == "running":
-        return VmState.RUNNING if view.instance.address else VmState.STARTING
-    return VmState.STOPPED if view.vm_status == "stopped" else VmState.UNKNOWN
+    return STATES[phase(view)]
 
 
 def operator_view(service: Provisioner, vm_id: str, scope: str | None) -> InstanceView:

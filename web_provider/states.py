@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 
-from engine.models import JobKind, Lifecycle
+from engine.phases import Phase, phase
 from engine.service import InstanceView
 
 
@@ -27,33 +27,25 @@ class VisaState(enum.StrEnum):
     DELETED = "DELETED"
 
 
-TRANSITIONS = {
-    JobKind.START: VisaState.STARTING,
-    JobKind.SHUTDOWN: VisaState.STOPPING,
-    JobKind.STOP: VisaState.STOPPING,
-    JobKind.REBOOT: VisaState.REBOOTING,
+NAMES = {
+    Phase.BUILDING: VisaState.BUILDING,
+    Phase.FAILED: VisaState.ERROR,
+    Phase.DELETE_STUCK: VisaState.ERROR,  # never DELETED while the VM is still there and its deletes keep failing
+    Phase.DELETING: VisaState.DELETED,
+    Phase.STARTING: VisaState.STARTING,
+    Phase.STOPPING: VisaState.STOPPING,
+    Phase.REBOOTING: VisaState.REBOOTING,
+    Phase.UNKNOWN: VisaState.UNKNOWN,
+    Phase.MIGRATING_RUNNING: VisaState.ACTIVE_MIGRATING,
+    Phase.MIGRATING_STOPPED: VisaState.MIGRATING,
+    Phase.SEED_OVERDUE: VisaState.ERROR,
+    Phase.RUNNING: VisaState.ACTIVE,
+    Phase.BOOTING: VisaState.STARTING,
+    Phase.STOPPED: VisaState.STOPPED,
+    Phase.PAUSED: VisaState.STOPPED,
+    Phase.OTHER: VisaState.UNKNOWN,
 }
-POWER_STATES = {"stopped": VisaState.STOPPED, "paused": VisaState.STOPPED, "suspended": VisaState.STOPPED}
 
 
 def visa_state(view: InstanceView) -> VisaState:
-    lifecycle = Lifecycle(view.instance.lifecycle)
-    if lifecycle is Lifecycle.BUILDING:
-        return VisaState.BUILDING
-    if lifecycle is Lifecycle.ERROR:
-        return VisaState.ERROR
-    if lifecycle is Lifecycle.DELETING and view.delete_overdue:
-        return VisaState.ERROR  # never DELETED while the VM is still there and its deletes keep failing
-    if lifecycle in (Lifecycle.DELETING, Lifecycle.DELETED):
-        return VisaState.DELETED
-    if view.active_job in TRANSITIONS:
-        return TRANSITIONS[JobKind(view.active_job)]
-    if not view.snapshot_ok or view.vm_status is None:
-        return VisaState.UNKNOWN
-    if view.vm_lock == "migrate":
-        return VisaState.ACTIVE_MIGRATING if view.vm_status == "running" else VisaState.MIGRATING
-    if view.vm_status == "running":
-        if view.seed_overdue:
-            return VisaState.ERROR
-        return VisaState.ACTIVE if view.instance.address else VisaState.STARTING
-    return POWER_STATES.get(view.vm_status, VisaState.UNKNOWN)
+    return NAMES[phase(view)]

@@ -232,6 +232,28 @@ def test_visa_state_mapping(view: InstanceView, state: VisaState):
     assert state.value.isupper()
 
 
+@pytest.mark.parametrize(
+    ("view", "state"),
+    [
+        (_view(Lifecycle.BUILDING, "create", None), "building"),
+        (_view(Lifecycle.ERROR), "error"),
+        (_view(Lifecycle.DELETING, "delete"), "deleting"),
+        (_view(Lifecycle.DELETING, delete_overdue=True), "error"),
+        (_view(Lifecycle.PROVISIONED), "running"),
+        (_view(Lifecycle.PROVISIONED, address=None), "starting"),
+        (_view(Lifecycle.PROVISIONED, "reboot", overdue=True), "rebooting"),
+        (_view(Lifecycle.PROVISIONED, overdue=True), "error"),
+        (_view(Lifecycle.PROVISIONED, status="paused"), "stopped"),
+        (_view(Lifecycle.PROVISIONED, lock="migrate"), "running"),
+        (_view(Lifecycle.PROVISIONED, snapshot_ok=False), "unknown"),
+    ],
+)
+def test_operator_vm_state_mapping_names_the_same_phases(view: InstanceView, state: str):
+    from api.vms import vm_state
+
+    assert vm_state(view) == state
+
+
 def test_an_instance_whose_deletes_keep_failing_shows_the_delete_fault():
     view = _view(Lifecycle.DELETING, delete_overdue=True)
     view.instance.fault_message, view.instance.fault_details = DELETE_FAULT, "VM 100 is locked (backup)"
@@ -369,3 +391,11 @@ def test_a_description_is_made_once_per_key_and_anew_for_a_changed_row_or_state(
     assert made == ["a", "c", "d"]
     state = SimpleNamespace()
     assert described_on(state, "x") is described_on(state, "x") is not described_on(SimpleNamespace(), "x")
+
+
+def test_every_phase_has_a_name_in_each_api() -> None:
+    from api.vms import STATES
+    from engine.phases import Phase
+    from web_provider.states import NAMES
+
+    assert set(NAMES) == set(STATES) == set(Phase)
