@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -37,6 +38,32 @@ def run_service(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProc
         timeout=60,
         cwd=ROOT,
     )
+
+
+def spawn_run(env: dict[str, str], *options: str) -> subprocess.Popen[str]:
+    """`provisioner run` as a process, its output (stdout and stderr) in one pipe."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "provisioner.cli", "run", *options],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def answered(port: int, path: str, timeout: float, what: str) -> Any:
+    """The JSON of VISA's GET `path` on 127.0.0.1:`port`, once the service answers it with 200."""
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"X-Auth-Token": VISA_TOKEN}) as client:
+
+        def answer() -> Any:
+            try:
+                response = client.get(path)
+            except httpx.HTTPError:
+                return None
+            return response.json() if response.status_code == 200 else None
+
+        return wait_for(answer, timeout=timeout, what=what)
 
 
 @pytest.mark.parametrize(
@@ -119,25 +146,10 @@ def test_the_service_uses_a_configured_proxmox_endpoint(tmp_path: Path, simulato
         "PROVISIONER_PROXMOX_CA_FILE": str(simulator.cafile),
         "DISCOVERY_PORT": "0",  # the embedded registry on a free port, not the default another service may hold
     }
-    service = subprocess.Popen(
-        [sys.executable, "-m", "provisioner.cli", "run"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    service = spawn_run(env)
     try:
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"X-Auth-Token": VISA_TOKEN})
-
-        def images() -> list | None:
-            try:
-                response = client.get("/api/images")
-            except httpx.HTTPError:
-                return None
-            return response.json() if response.status_code == 200 else None
-
-        assert {i["id"] for i in wait_for(images, timeout=60, what="the service")} == {"9000", "9001"}
+        images = answered(port, "/api/images", timeout=60, what="the service")
+        assert {i["id"] for i in images} == {"9000", "9001"}
         assert not (tmp_path / "simulator").exists(), "no embedded simulator when an endpoint is configured"
     finally:
         service.terminate()
@@ -172,25 +184,9 @@ def test_run_local_postgres_serves_on_a_cluster_of_its_own_and_stops_it_at_exit(
             "PROVISIONER_SIM_TIME_SCALE": "0",
             "DISCOVERY_PORT": "0",
         }
-        service = subprocess.Popen(
-            [sys.executable, "-m", "provisioner.cli", "run", "--local-postgres"],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        service = spawn_run(env, "--local-postgres")
         try:
-            client = httpx.Client(base_url=f"http://127.0.0.1:{service_port}", headers={"X-Auth-Token": VISA_TOKEN})
-
-            def flavours() -> list | None:
-                try:
-                    response = client.get("/api/flavours")
-                except httpx.HTTPError:
-                    return None
-                return response.json() if response.status_code == 200 else None
-
-            assert wait_for(flavours, timeout=90, what="the service on PostgreSQL")
+            assert answered(service_port, "/api/flavours", timeout=90, what="the service on PostgreSQL")
         finally:
             service.send_signal(signal.SIGTERM)
             output = service.communicate(timeout=60)[0]
