@@ -137,6 +137,7 @@ def build_app(api: GolemApi, rate_limit: RateLimit) -> FastAPI:
     app.state.provisioner = api.service  # the audit trail appends through it
     app.add_middleware(AuditTrail, actor_of=lambda _scope, _path: GOLEM_OWNER)
     app.add_middleware(PerClientLimit, limit=rate_limit)
+    naming = asyncio.Lock()
 
     @app.exception_handler(Refused)
     async def refused(_request: Request, exc: Refused) -> JSONResponse:
@@ -167,11 +168,12 @@ def build_app(api: GolemApi, rate_limit: RateLimit) -> FastAPI:
             key = normalise_key(body.ssh_key)
         except InvalidSSHKey as exc:
             raise Refused(422, f"ssh_key: {exc}") from exc
-        if await run_in_threadpool(_exists, api, body.name):
-            raise Refused(409, f"VM {body.name} already exists")
         request = await run_in_threadpool(api.create_request, body, key)
         try:
-            created = await api.service.create_vm(request)
+            async with naming:  # a name is one VM's: the look and the create together, one create at a time
+                if await run_in_threadpool(_exists, api, body.name):
+                    raise Refused(409, f"VM {body.name} already exists")
+                created = await api.service.create_vm(request)
         except QuotaLimit as exc:
             raise Refused(409, f"this provider rents at most {api.settings.golem_max_vms} VMs at once") from exc
         except NoCapacityError as exc:

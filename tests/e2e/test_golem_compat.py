@@ -6,6 +6,7 @@ Emulated guests have no SSH: nothing here connects to a forward (tests/e2e/test_
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -187,3 +188,16 @@ def test_a_golem_vms_lease_ends_in_its_delete_and_frees_its_port(golem: httpx.Cl
     wait_for(lambda: not listening(vm["ssh_port"]), what="its forward to close")
     jobs = service.operator.get("/v1/jobs", params={"instance_id": vmid}).json()
     assert {j["kind"] for j in jobs} == {"create", "delete"}
+
+
+def test_concurrent_creates_of_one_name_make_one_vm(golem: httpx.Client) -> None:
+    def create(_: int) -> int:
+        return golem.post("/api/v1/vms", params={"async": "true"}, json=body("vm-race")).status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        codes = sorted(pool.map(create, range(4)))
+    assert codes == [202, 409, 409, 409], codes
+    assert [v["name"] for v in golem.get("/api/v1/vms").json()].count("vm-race") == 1
+    wait_for(lambda: golem.get("/api/v1/vms/vm-race").json()["status"] == "running", timeout=120)
+    assert golem.delete("/api/v1/vms/vm-race").status_code == 200
+    wait_for(lambda: golem.get("/api/v1/vms/vm-race").status_code == 404, timeout=120)
