@@ -133,7 +133,7 @@ class CloudInitFollow:
 async def _cloud_init(service: Provisioner, view: InstanceView, offset: int | None) -> OutputRead:
     login = service.guest_login(view)
     if isinstance(login, str):
-        return OutputRead("", offset or 0, False, login)
+        return OutputRead.failed(offset, login)
     return await read_output(login, service.seeds.token(view.instance), offset)
 
 

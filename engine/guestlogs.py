@@ -36,6 +36,11 @@ class OutputRead:
     truncated: bool  # more output than one read returns was there (the tail, or the rest from next_offset)
     error: str | None = None
 
+    @classmethod
+    def failed(cls, offset: int | None, error: str) -> OutputRead:
+        """No output, and why: the next read starts where this one would have."""
+        return cls("", offset or 0, False, error)
+
 
 async def read_output(login: GuestLogin, secret: str, offset: int | None = None) -> OutputRead:
     """The last MAX_READ bytes of the output (offset None), or those from `offset` on."""
@@ -50,15 +55,15 @@ async def read_output(login: GuestLogin, secret: str, offset: int | None = None)
         try:
             code, out, err = await _ssh(login, known_hosts, remote)
         except TimeoutError:
-            return OutputRead("", offset or 0, False, f"the guest did not answer within {READ_TIMEOUT_S:.0f} s")
+            return OutputRead.failed(offset, f"the guest did not answer within {READ_TIMEOUT_S:.0f} s")
     if code != 0:
         reason = err.decode(errors="replace").strip().splitlines()
-        return OutputRead("", offset or 0, False, f"reading {LOG} failed: {reason[-1] if reason else f'exit {code}'}")
+        return OutputRead.failed(offset, f"reading {LOG} failed: {reason[-1] if reason else f'exit {code}'}")
     size_line, _, body = out.partition(b"\n")
     try:
         size = int(size_line.strip())
     except ValueError:
-        return OutputRead("", offset or 0, False, f"reading {LOG} failed: the guest answered no size")
+        return OutputRead.failed(offset, f"reading {LOG} failed: the guest answered no size")
     start = offset if offset is not None else max(0, size - len(body))
     text = body.decode(errors="replace").replace(secret, MASK) if secret else body.decode(errors="replace")
     return OutputRead(text, start + len(body), truncated=(start + len(body) < size) or (offset is None and start > 0))

@@ -37,7 +37,6 @@ class Forwarder:
         self._sync_s = sync_s
         self._listeners: dict[int, Listener] = {}
         self._task: asyncio.Task[None] | None = None
-        self.synced = asyncio.Event()  # set after the first sync (a restart's forwards are up again)
 
     def port_of(self, instance_id: int) -> int | None:
         """The port forwarding to the VM now (its listener is up), else None."""
@@ -70,7 +69,6 @@ class Forwarder:
                 await self.sync()
             except Exception:
                 log.exception("could not sync the Golem SSH forwards")
-            self.synced.set()
             await asyncio.sleep(self._sync_s)
 
     async def _open(self, target: ForwardTarget) -> None:

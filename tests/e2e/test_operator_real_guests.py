@@ -21,6 +21,7 @@ from engine.models import TokenRole
 from engine.tokens import Tokens
 from tests.conftest import ROOT, LiveService, start_service, wait_for
 from tests.helpers.guest_ssh import GuestSSH, KeyPair
+from tests.helpers.operator_vms import fingerprint, wait_vm
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_guest, pytest.mark.xdist_group("real_guests")]
 
@@ -59,15 +60,6 @@ def alice(service: LiveService, token: str) -> Iterator[httpx.Client]:
         yield client
 
 
-def wait_vm(alice: httpx.Client, vm_id: str, state: str, timeout: float = BOOT_S) -> dict[str, Any]:
-    def reached() -> dict[str, Any] | None:
-        body = alice.get(f"/v1/vms/{vm_id}").json()
-        assert body.get("state") != "error", body
-        return body if body.get("state") == state else None
-
-    return wait_for(reached, timeout=timeout, what=f"VM {vm_id} to be {state}")  # type: ignore[no-any-return]
-
-
 def wait_job(alice: httpx.Client, job_id: str, timeout: float = BOOT_S) -> dict[str, Any]:
     def ended() -> dict[str, Any] | None:
         job = alice.get(f"/v1/jobs/{job_id}").json()
@@ -80,12 +72,6 @@ def wait_job(alice: httpx.Client, job_id: str, timeout: float = BOOT_S) -> dict[
 
 def logged_in(tmp_path: Path, vm: dict[str, Any], key: KeyPair) -> GuestSSH:
     return GuestSSH(tmp_path, vm["ssh"]["host"], vm["ssh"]["user"], key, vm["ssh"]["host_key"])
-
-
-def fingerprint(key: KeyPair) -> str:
-    return subprocess.run(
-        ["ssh-keygen", "-lf", str(key.private)], capture_output=True, text=True, check=True
-    ).stdout.split()[1]
 
 
 def test_an_operator_vm_is_a_guest_whose_keys_change_while_it_runs_and_while_it_is_stopped(
@@ -102,7 +88,7 @@ def test_an_operator_vm_is_a_guest_whose_keys_change_while_it_runs_and_while_it_
     accepted = alice.post("/v1/vms", json=body)
     assert accepted.status_code == 202, accepted.text
     vm_id = accepted.json()["vm"]["id"]
-    wait_vm(alice, vm_id, "running")
+    wait_vm(alice, vm_id, "running", BOOT_S)
     service.phoned_home(vm_id, BOOT_S)
     vm = alice.get(f"/v1/vms/{vm_id}").json()
     assert vm["ssh"]["user"] == "alice" and vm["ssh"]["host_key"].startswith("ssh-ed25519 ")
@@ -129,7 +115,7 @@ def test_an_operator_vm_is_a_guest_whose_keys_change_while_it_runs_and_while_it_
     assert alice.get(f"/v1/vms/{vm_id}/ssh-keys").json()["sync"] == "applied"
 
     # The first one removed: refused from then on; the others still log in.
-    removed = alice.delete(f"/v1/vms/{vm_id}/ssh-keys/{fingerprint(keys['first'])}")
+    removed = alice.delete(f"/v1/vms/{vm_id}/ssh-keys/{fingerprint(keys['first'].public)}")
     assert removed.status_code == 202, removed.text
     wait_job(alice, removed.json()["job"]["id"])
     assert first.run("true").returncode != 0, "a removed key must not log in"
@@ -137,7 +123,7 @@ def test_an_operator_vm_is_a_guest_whose_keys_change_while_it_runs_and_while_it_
 
     # Stopped: a fourth key waits for the start, which applies it once the guest is up.
     assert alice.post(f"/v1/vms/{vm_id}/stop").status_code == 202
-    wait_vm(alice, vm_id, "stopped")
+    wait_vm(alice, vm_id, "stopped", BOOT_S)
     waiting = alice.post(f"/v1/vms/{vm_id}/ssh-keys", json={"key": keys["fourth"].public})
     wait_job(alice, waiting.json()["job"]["id"])
     assert alice.get(f"/v1/vms/{vm_id}/ssh-keys").json()["sync"] == "next_start"
@@ -157,7 +143,7 @@ def test_a_lease_of_a_minute_deletes_the_guest(
     body = {"name": "alice-lease", "image": "9000", "size": "small", "ssh_keys": [keys["first"].public], "lease": 60}
     vm = alice.post("/v1/vms", json=body).json()["vm"]
     assert vm["expires_at"] is not None
-    wait_vm(alice, vm["id"], "running")
+    wait_vm(alice, vm["id"], "running", BOOT_S)
     wait_for(lambda: alice.get(f"/v1/vms/{vm['id']}").status_code == 404, timeout=180, what="the lease to end")
     assert int(vm["id"]) not in guest_cluster.sim.guests.backend.vmids(), "the guest is gone too"
     jobs = service.operator.get("/v1/jobs", params={"instance_id": vm["id"]}).json()
@@ -193,7 +179,7 @@ def test_the_cli_creates_with_wait_lists_sshes_and_deletes(
     assert ssh.stdout.strip() == service.settings.cloud_init_user
     assert vm("ssh", vm_id, "-i", str(keys["second"].private), "--", "true").returncode == 0
     shown = vm("keys", vm_id)
-    assert shown.returncode == 0 and fingerprint(keys["second"]) in shown.stdout
+    assert shown.returncode == 0 and fingerprint(keys["second"].public) in shown.stdout
     gone = vm("delete", vm_id, "--wait")
     assert gone.returncode == 0, gone.stderr
     assert vm("show", vm_id).returncode == 2

@@ -25,6 +25,7 @@ from engine.models import TokenRole
 from engine.tokens import Quotas, Tokens
 from tests.conftest import ROOT, SITE_KEY, USER_KEY, LiveService, visa_body, wait_for
 from tests.helpers.faults import control
+from tests.helpers.operator_vms import fingerprint, wait_vm
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ansible")]
 
@@ -64,15 +65,6 @@ def server_sent_events(stream: httpx.Response) -> Iterator[tuple[str, Any]]:
 
 def vm_body(name: str, **fields: Any) -> dict[str, Any]:
     return {"name": name, "image": "9000", "size": "small", "ssh_keys": [USER_KEY], **fields}
-
-
-def wait_vm(client: httpx.Client, vm_id: str, state: str, timeout: float = 120) -> dict[str, Any]:
-    def reached() -> dict[str, Any] | None:
-        body = client.get(f"/v1/vms/{vm_id}").json()
-        assert body.get("state") != "error", body
-        return body if body.get("state") == state else None
-
-    return wait_for(reached, timeout=timeout, what=f"VM {vm_id} to be {state}")  # type: ignore[no-any-return]
 
 
 def wait_gone(client: httpx.Client, vm_id: str) -> None:
@@ -297,11 +289,6 @@ def test_a_create_that_fails_leaves_a_vm_whose_get_says_why(simulator: Any, alic
     wait_gone(alice, vm_id)
 
 
-def fingerprint_by_ssh_keygen(key: str) -> str:
-    listed = subprocess.run(["ssh-keygen", "-l", "-f", "-"], input=key, capture_output=True, text=True, check=True)
-    return listed.stdout.split()[1]
-
-
 def test_a_vms_keys_change_in_its_seed_and_its_site_keys_stay(
     service: LiveService, simulator: Any, alice: httpx.Client
 ):
@@ -314,7 +301,7 @@ def test_a_vms_keys_change_in_its_seed_and_its_site_keys_stay(
     assert [k["key"] for k in site] == [SITE_KEY, guest_key(service)]
     user = next(k for k in listed["keys"] if not k["site"])
     assert user == {
-        "fingerprint": fingerprint_by_ssh_keygen(USER_KEY),
+        "fingerprint": fingerprint(USER_KEY),
         "type": "ssh-ed25519",
         "comment": USER_KEY.split()[2],
         "key": USER_KEY,
@@ -323,7 +310,7 @@ def test_a_vms_keys_change_in_its_seed_and_its_site_keys_stay(
 
     added = alice.post(keys_url, json={"key": f"  {OTHER_KEY}\n"})
     assert added.status_code == 202, added.text
-    assert added.json()["key"]["fingerprint"] == fingerprint_by_ssh_keygen(OTHER_KEY) and added.json()["job"] is None
+    assert added.json()["key"]["fingerprint"] == fingerprint(OTHER_KEY) and added.json()["job"] is None
     assert [k["key"] for k in added.json()["keys"]][-2:] == [USER_KEY, OTHER_KEY]
     again = alice.post(keys_url, json={"key": OTHER_KEY.rsplit(" ", 1)[0] + " same-key@elsewhere"})
     assert again.status_code == 202 and len(again.json()["keys"]) == 4, "a key the VM has is not added twice"
@@ -332,7 +319,7 @@ def test_a_vms_keys_change_in_its_seed_and_its_site_keys_stay(
     refusals = [
         (alice.post(keys_url, json={"key": "ssh-rsa AAAA"}), 400, "invalid_ssh_key", "key:"),
         (alice.post(keys_url, json={"key": OTHER_KEY, "extra": 1}), 400, "invalid_request", "extra"),
-        (alice.delete(f"{keys_url}/{fingerprint_by_ssh_keygen(SITE_KEY)}"), 409, "site_key", "site key"),
+        (alice.delete(f"{keys_url}/{fingerprint(SITE_KEY)}"), 409, "site_key", "site key"),
         (alice.delete(f"{keys_url}/SHA256:{'A' * 43}"), 404, "not_found", "no key with fingerprint"),
         (alice.delete(f"{keys_url}/not-a-fingerprint"), 400, "invalid_request", "fingerprint"),
         (alice.post("/v1/vms/999999999/ssh-keys", json={"key": OTHER_KEY}), 404, "not_found", "999999999"),
@@ -351,11 +338,11 @@ def test_a_vms_keys_change_in_its_seed_and_its_site_keys_stay(
     assert len(alice.get(keys_url).json()["keys"]) == 4, "no refusal changed anything"
 
     # OpenSSH's fingerprint as it is (its base64 may hold '/' and '+'), escaped, or in base64url: the same key.
-    removed = alice.delete(f"{keys_url}/{fingerprint_by_ssh_keygen(USER_KEY)}")
+    removed = alice.delete(f"{keys_url}/{fingerprint(USER_KEY)}")
     assert removed.status_code == 202, removed.text
     assert [k["key"] for k in removed.json()["keys"] if not k["site"]] == [OTHER_KEY]
     assert USER_KEY not in seed_vendor_keys(service, simulator, vm["id"])
-    url_safe = fingerprint_by_ssh_keygen(OTHER_KEY).replace("+", "-").replace("/", "_")
+    url_safe = fingerprint(OTHER_KEY).replace("+", "-").replace("/", "_")
     assert alice.delete(f"{keys_url}/{url_safe}").status_code == 202
     assert [k["site"] for k in alice.get(keys_url).json()["keys"]] == [True, True], "no user key is left"
     audited = service.operator.get("/v1/audit", params={"actor": "alice", "limit": 100}).json()["entries"]
